@@ -1,0 +1,1 @@
+"""The fraud-detection pipeline as code: configuration, graph builder and command line."""

@@ -1,0 +1,222 @@
+"""The input data contract (../shared/DATA_CONTRACT.md) and the feature transforms.
+
+One module, used by preprocessing and by serving, so training and inference build features
+with the same code. It depends on pandas and numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+KEY = "policy_id"
+LABEL = "fraud"
+EVENT_TIME = "event_time"
+
+# column -> (kind, allowed values or (min, max)); kinds: int, float, category
+CLAIMS_SCHEMA: dict[str, tuple[str, object]] = {
+    "policy_id": ("int", (0, None)),
+    "driver_relationship": ("category", ["Self", "Spouse", "Child", "Other", "N/A"]),
+    "incident_type": ("category", ["Collision", "Break-in", "Theft"]),
+    "collision_type": ("category", ["Front", "Rear", "Side", "N/A"]),
+    "incident_severity": ("category", ["Minor", "Major", "Totaled"]),
+    "authorities_contacted": ("category", ["Police", "None", "Ambulance", "Fire"]),
+    "num_vehicles_involved": ("int", (0, None)),
+    "num_injuries": ("int", (0, None)),
+    "num_witnesses": ("int", (0, None)),
+    "police_report_available": ("category", ["Yes", "No"]),
+    "injury_claim": ("int", (0, None)),
+    "vehicle_claim": ("float", (0, None)),
+    "total_claim_amount": ("float", (0, None)),
+    "incident_month": ("int", (1, 12)),
+    "incident_day": ("int", (1, 31)),
+    "incident_dow": ("int", (0, 6)),
+    "incident_hour": ("int", (0, 23)),
+    "fraud": ("int", (0, 1)),
+}
+
+CUSTOMERS_SCHEMA: dict[str, tuple[str, object]] = {
+    "policy_id": ("int", (0, None)),
+    "customer_age": ("int", (18, 100)),
+    "months_as_customer": ("int", (0, None)),
+    "num_claims_past_year": ("int", (0, None)),
+    "num_insurers_past_5_years": ("int", (0, None)),
+    "policy_state": ("category", ["CA", "WA", "AZ", "OR", "NV", "ID"]),
+    "policy_deductable": ("int", (0, None)),
+    "policy_annual_premium": ("int", (0, None)),
+    "policy_liability": ("category", ["15/30", "25/50", "30/60", "100/200"]),
+    "customer_zip": ("int", (0, None)),
+    "customer_gender": ("category", ["Male", "Female", "Other", "Unkown"]),
+    "customer_education": (
+        "category",
+        ["Below High School", "High School", "Associate", "Bachelor", "Advanced Degree"],
+    ),
+    "auto_year": ("int", (1900, 2100)),
+}
+
+ONE_HOT: dict[str, list[str]] = {
+    "driver_relationship": ["self", "spouse", "child", "other", "na"],
+    "incident_type": ["collision", "breakin", "theft"],
+    "collision_type": ["front", "rear", "side", "na"],
+    "authorities_contacted": ["police", "none", "ambulance", "fire"],
+    "customer_gender": ["male", "female"],
+    "policy_state": ["ca", "wa", "az", "or", "nv", "id"],
+}
+
+ORDINAL: dict[str, list[str]] = {
+    "incident_severity": ["minor", "major", "totaled"],
+    "police_report_available": ["no", "yes"],
+    "customer_education": ["below high school", "high school", "associate", "bachelor", "advanced degree"],
+    "policy_liability": ["15/30", "25/50", "30/60", "100/200"],
+}
+
+SYMBOL_STRIPPED = ("driver_relationship", "incident_type", "collision_type")
+DROPPED = ("customer_zip",)
+
+
+def _numeric_columns(schema: dict[str, tuple[str, object]]) -> list[str]:
+    return [c for c, (kind, _) in schema.items() if kind != "category" and c not in (KEY, LABEL, *DROPPED)]
+
+
+def _encoded_columns(schema: dict[str, tuple[str, object]]) -> list[str]:
+    columns = []
+    for column, (_kind, _) in schema.items():
+        if column in ORDINAL:
+            columns.append(column)
+        elif column in ONE_HOT:
+            columns.extend(f"{column}_{value}" for value in ONE_HOT[column])
+    return columns
+
+
+CLAIM_FEATURES = _numeric_columns(CLAIMS_SCHEMA) + _encoded_columns(CLAIMS_SCHEMA)
+CUSTOMER_FEATURES = _numeric_columns(CUSTOMERS_SCHEMA) + _encoded_columns(CUSTOMERS_SCHEMA)
+FEATURES = CLAIM_FEATURES + CUSTOMER_FEATURES
+"""The model's input columns, in order."""
+
+
+def normalise(value: pd.Series, column: str) -> pd.Series:
+    """Lower-case a category column, and strip symbols where the contract says so."""
+    value = value.str.lower()
+    if column in SYMBOL_STRIPPED:
+        value = value.str.replace(r"[^a-z0-9 ]", "", regex=True)
+    return value
+
+
+def encode(table: pd.DataFrame, schema: dict[str, tuple[str, object]]) -> pd.DataFrame:
+    """Turn a validated raw table into feature columns (key, event time and label kept when present)."""
+    out = {}
+    for column in (KEY, EVENT_TIME):
+        if column in table:
+            out[column] = table[column].to_numpy()
+    for column in _numeric_columns(schema):
+        out[column] = table[column].to_numpy()
+    for column, (_kind, _) in schema.items():
+        if column in ORDINAL:
+            codes = {value: i for i, value in enumerate(ORDINAL[column])}
+            out[column] = normalise(table[column], column).map(codes).astype("int64").to_numpy()
+        elif column in ONE_HOT:
+            normalised = normalise(table[column], column)
+            for value in ONE_HOT[column]:
+                out[f"{column}_{value}"] = (normalised == value).astype("int64").to_numpy()
+    if LABEL in schema and LABEL in table:
+        out[LABEL] = table[LABEL].to_numpy()
+    return pd.DataFrame(out, index=table.index)
+
+
+def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
+    """The model's input matrix, columns in FEATURES order, as float32."""
+    return frame[FEATURES].to_numpy(dtype=np.float32)
+
+
+class ContractError(ValueError):
+    """Input that breaks the data contract; the message names the file, the column and the rows."""
+
+
+MAX_ROWS_SHOWN = 5
+
+
+def _describe_rows(frame: pd.DataFrame, mask: pd.Series, column: str) -> str:
+    """'line 3: 'abc', line 7: '' ...' for the first offending rows (line numbers count the header as 1)."""
+    bad = frame.loc[mask, column]
+    shown = ", ".join(f"line {i + 2}: {v!r}" for i, v in bad.head(MAX_ROWS_SHOWN).items())
+    more = f" and {len(bad) - MAX_ROWS_SHOWN} more" if len(bad) > MAX_ROWS_SHOWN else ""
+    return f"{shown}{more}"
+
+
+def _check_column(frame: pd.DataFrame, column: str, kind: str, allowed: object) -> tuple[pd.Series, str | None]:
+    """Parse one raw string column; return the typed values and an error description or None."""
+    raw = frame[column].str.strip()
+    if kind == "category":
+        canonical = {normalise(pd.Series([v]), column).iloc[0]: v for v in allowed}
+        normalised = normalise(raw, column)
+        bad = ~normalised.isin(list(canonical))
+        expected = f"one of {', '.join(allowed)}"
+        values = normalised.map(canonical)
+    else:
+        values = pd.to_numeric(raw, errors="coerce")
+        low, high = allowed
+        bad = values.isna() | ~np.isfinite(values)
+        if kind == "int":
+            bad |= values != values.round()
+        if low is not None:
+            bad |= values < low
+        if high is not None:
+            bad |= values > high
+        bounds = f" >= {low}" if high is None else f" in [{low}, {high}]"
+        expected = f"{'an integer' if kind == 'int' else 'a number'}{bounds}"
+        if not bad.any():
+            values = values.astype("int64" if kind == "int" else "float64")
+    if bad.any():
+        return values, f"column '{column}': expected {expected}; {_describe_rows(frame, bad, column)}"
+    return values, None
+
+
+def _parse_event_time(frame: pd.DataFrame) -> tuple[pd.Series, str | None]:
+    """Epoch seconds, from epoch numbers or ISO-8601 timestamps."""
+    raw = frame[EVENT_TIME].str.strip()
+    numeric = pd.to_numeric(raw, errors="coerce")
+    stamps = pd.to_datetime(raw.where(numeric.isna()), utc=True, errors="coerce", format="ISO8601")
+    seconds = numeric.fillna(stamps.astype("int64", copy=False).where(stamps.notna()) / 1e9)
+    bad = seconds.isna()
+    if bad.any():
+        return seconds, (
+            f"column '{EVENT_TIME}': expected epoch seconds or an ISO-8601 timestamp; "
+            f"{_describe_rows(frame, bad, EVENT_TIME)}"
+        )
+    return seconds.astype("float64"), None
+
+
+def validate(
+    frame: pd.DataFrame, schema: dict[str, tuple[str, object]], source: str, label: bool = True
+) -> pd.DataFrame:
+    """Check a table of raw strings against the contract and return it typed.
+
+    `label=False` accepts records without the label (data to be scored). An optional `event_time`
+    column is parsed to epoch seconds. Raises ContractError naming the source, every failing
+    column and up to five offending rows of each.
+    """
+    required = [c for c in schema if label or c != LABEL]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ContractError(
+            f"{source}: missing column(s) {', '.join(missing)}; expected columns: {', '.join(required)}"
+        )
+    if frame.empty:
+        raise ContractError(f"{source}: no data rows (only a header)")
+    typed, errors = {}, []
+    for column in required:
+        kind, allowed = schema[column]
+        typed[column], error = _check_column(frame, column, kind, allowed)
+        errors.append(error)
+    if EVENT_TIME in frame.columns:
+        typed[EVENT_TIME], error = _parse_event_time(frame)
+        errors.append(error)
+    errors = [e for e in errors if e]
+    if errors:
+        raise ContractError(f"{source}: " + "; ".join(errors))
+    return pd.DataFrame(typed, index=frame.index)
+
+
+def extra_columns(frame: pd.DataFrame, schema: dict[str, tuple[str, object]]) -> list[str]:
+    """Columns the contract does not know (ignored, with a warning)."""
+    return [c for c in frame.columns if c not in schema and c != EVENT_TIME]
