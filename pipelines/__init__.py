@@ -1,1 +1,13 @@
-"""The fraud-detection pipeline as code: configuration, graph builder and command line."""
+"""The fraud-detection pipeline as code: configuration, graph builder and command line.
+
+The only package that imports the SageMaker SDK. Importing it silences the SDK's v2 deprecation
+banner and opts out of the SDK's telemetry (which calls AWS and fails loudly offline).
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+os.environ.setdefault(
+    "SAGEMAKER_USER_CONFIG_OVERRIDE", str(Path(__file__).resolve().parent / "sagemaker_sdk_config.yaml")
+)

@@ -6,8 +6,72 @@ Every command prints a one-line error and exits non-zero on bad input; no traceb
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import warnings
 from pathlib import Path
+
+
+def _quiet_sdk() -> None:
+    """No INFO chatter and no pipeline-session warnings from the SDK."""
+    warnings.filterwarnings("ignore", message="Running within a PipelineSession")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("sagemaker", "sagemaker.config", "botocore.credentials"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _config(args: argparse.Namespace):
+    from pipelines.config import load
+
+    return load(args.config)
+
+
+def _definition(args: argparse.Namespace) -> int:
+    from pipelines.publish import definition
+
+    document = definition(_config(args))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(document)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(document)
+    return 0
+
+
+def _upsert(args: argparse.Namespace) -> int:
+    from pipelines.publish import upsert
+
+    print(f"upserted {upsert(_config(args))}")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    from pipelines import publish
+
+    config = _config(args)
+    client = publish.boto_session(config).client("sagemaker")
+    arn = publish.start(config, publish.parse_parameters(args.param), client=client)
+    print(f"started {arn}")
+    if args.wait:
+        for line in publish.watch(client, arn, poll_s=args.poll):
+            print(line, flush=True)
+    return 0
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from pipelines.publish import schedule
+
+    action = "delete" if args.delete else "disable" if args.disable else "upsert"
+    print(schedule(_config(args), action))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipelines.publish import status
+
+    print("\n".join(status(_config(args), limit=args.limit)))
+    return 0
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -28,14 +92,40 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, default=42)
     data.add_argument("--out", type=Path, default=Path("data"))
     data.set_defaults(run=_data)
+
+    definition = commands.add_parser("definition", help="write the pipeline definition JSON (offline)")
+    definition.add_argument("--output", type=Path, default=None, help="file to write (default: stdout)")
+    definition.set_defaults(run=_definition)
+
+    commands.add_parser("upsert", help="create or update the pipeline in SageMaker").set_defaults(run=_upsert)
+
+    start = commands.add_parser("start", help="start a pipeline execution")
+    start.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="parameter override")
+    start.add_argument("--wait", action="store_true", help="print step status changes until the execution ends")
+    start.add_argument("--poll", type=float, default=15.0, help="seconds between status checks with --wait")
+    start.set_defaults(run=_start)
+
+    schedule = commands.add_parser("schedule", help="create or update the EventBridge schedule")
+    state = schedule.add_mutually_exclusive_group()
+    state.add_argument("--disable", action="store_true", help="keep the schedule but stop it from firing")
+    state.add_argument("--delete", action="store_true", help="delete the schedule")
+    schedule.set_defaults(run=_schedule)
+
+    status = commands.add_parser("status", help="the latest executions and their steps")
+    status.add_argument("--limit", type=int, default=5)
+    status.set_defaults(run=_status)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.config import ConfigError
+    from pipelines.publish import PublishError
+
     args = build_parser().parse_args(argv)
+    _quiet_sdk()
     try:
         return args.run(args)
-    except (ValueError, OSError) as error:
+    except (ConfigError, PublishError, ValueError, OSError) as error:
         print(f"fraud-pipeline {args.command}: error: {error}", file=sys.stderr)
         return 1
 

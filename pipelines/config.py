@@ -191,6 +191,7 @@ class Registry(Section):
 
 class Schedule(Section):
     enabled: bool = False
+    role_arn: RoleArn = ""
     expression: str = "cron(0 3 ? * MON *)"
     timezone: str = "UTC"
     parameters: dict[str, str | int | float] = {}
@@ -250,11 +251,6 @@ class Config(Section):
     cache: Cache = Cache()
     security: Security = Security()
     deploy: Deploy
-
-    @property
-    def s3_prefix(self) -> str:
-        """s3://bucket/prefix for the pipeline's outputs (needs aws.bucket)."""
-        return f"s3://{self.aws.bucket}/{self.aws.prefix}".rstrip("/")
 
 
 def _interpolate(value: Any, path: str, environ: dict[str, str]) -> Any:

@@ -1,0 +1,440 @@
+"""get_pipeline(config, session): the fraud-detection SageMaker Pipeline, built from pipeline.yaml.
+
+Preprocess -> FeatureStoreIngest -> DataBiasCheck -> Tune -> Evaluate -> CheckAuc -> Register | AucBelowThreshold.
+Every setting comes from the Config; the step scripts live in processing/, training/ and evaluation/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sagemaker.clarify import BiasConfig, DataConfig
+from sagemaker.drift_check_baselines import DriftCheckBaselines
+from sagemaker.estimator import Estimator
+from sagemaker.inputs import TrainingInput
+from sagemaker.model import Model
+from sagemaker.model_metrics import MetricsSource, ModelMetrics
+from sagemaker.network import NetworkConfig
+from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput
+from sagemaker.sklearn.estimator import SKLearn
+from sagemaker.tuner import ContinuousParameter, HyperparameterTuner, IntegerParameter
+from sagemaker.workflow.check_job_config import CheckJobConfig
+from sagemaker.workflow.clarify_check_step import ClarifyCheckStep, DataBiasCheckConfig
+from sagemaker.workflow.condition_step import ConditionStep
+from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
+from sagemaker.workflow.execution_variables import ExecutionVariables
+from sagemaker.workflow.fail_step import FailStep
+from sagemaker.workflow.functions import Join, JsonGet
+from sagemaker.workflow.model_step import ModelStep
+from sagemaker.workflow.parameters import ParameterBoolean, ParameterFloat, ParameterInteger, ParameterString
+from sagemaker.workflow.pipeline import Pipeline
+from sagemaker.workflow.properties import PropertyFile
+from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TuningStep
+from sagemaker.workflow.utilities import hash_files_or_dirs
+
+from pipelines.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGING = Path("build/code")
+CONTAINER = "/opt/ml/processing"
+PREPROCESS_OUTPUTS = ("train", "validation", "test", "headered", "features", "manifest")
+OBJECTIVE = "validation:auc"
+METRIC_DEFINITIONS = [
+    {"Name": "validation:auc", "Regex": r"validation:auc=([0-9\.]+)"},
+    {"Name": "train:auc", "Regex": r"train:auc=([0-9\.]+)"},
+]
+AUC_PATH = "binary_classification_metrics.auc.value"
+THRESHOLD_PATH = "threshold.value"
+
+
+@contextmanager
+def project_root() -> Iterator[None]:
+    """Run inside the project root, so code paths (and so the SDK's code hashes) are relative and
+    the definition does not depend on where the repository is checked out."""
+    previous = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def stage_code(folder: str) -> str:
+    """Copy a step's Python files (no __pycache__) to build/code/<folder>; returns that relative path.
+
+    The SDK keys code uploads by a hash of the directory's file names and contents, so staging only
+    the sources keeps the upload path, and the definition, stable across machines and test runs.
+    """
+    target = ROOT / STAGING / folder
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for source in sorted((ROOT / folder).glob("*.py")):
+        shutil.copy2(source, target / source.name)
+    return str(STAGING / folder)
+
+
+class Parameters:
+    """The pipeline parameters a user sees, typed, in Studio's "start execution" form."""
+
+    def __init__(self, config: Config):
+        self.claims_uri = ParameterString(name="ClaimsUri", default_value=config.data.claims_uri)
+        self.customers_uri = ParameterString(name="CustomersUri", default_value=config.data.customers_uri)
+        self.processing_instance_type = ParameterString(
+            name="ProcessingInstanceType", default_value=config.processing.instance_type
+        )
+        self.training_instance_type = ParameterString(
+            name="TrainingInstanceType", default_value=config.training.compute.instance_type
+        )
+        self.max_tuning_jobs = ParameterInteger(name="MaxTuningJobs", default_value=config.tuning.max_jobs)
+        self.max_parallel_tuning_jobs = ParameterInteger(
+            name="MaxParallelTuningJobs", default_value=config.tuning.max_parallel_jobs
+        )
+        self.min_auc = ParameterFloat(name="MinAuc", default_value=config.evaluation.min_auc)
+        self.approval_status = ParameterString(
+            name="ModelApprovalStatus",
+            default_value=config.registry.approval_status,
+            enum_values=["PendingManualApproval", "Approved", "Rejected"],
+        )
+        self.skip_bias_check = ParameterBoolean(name="SkipBiasCheck", default_value=False)
+        self.register_new_bias_baseline = ParameterBoolean(name="RegisterNewBiasBaseline", default_value=False)
+
+    def all(self) -> list:
+        return list(vars(self).values())
+
+
+def _network(config: Config, isolate: bool) -> NetworkConfig:
+    security = config.security
+    return NetworkConfig(
+        enable_network_isolation=isolate and security.enable_network_isolation,
+        security_group_ids=security.security_groups or None,
+        subnets=security.subnets or None,
+        encrypt_inter_container_traffic=security.encrypt_inter_container_traffic,
+    )
+
+
+def _kms(config: Config) -> str | None:
+    return config.security.kms_key_id or None
+
+
+def _processor(config: Config, session, instance_type, compute, name: str, isolate: bool) -> FrameworkProcessor:
+    """A script-mode processor on the project image: the step's folder is uploaded as its source."""
+    return FrameworkProcessor(
+        estimator_cls=SKLearn,
+        framework_version="1.2-1",
+        image_uri=config.aws.image_uri,
+        command=["python3"],
+        role=config.aws.role_arn,
+        instance_type=instance_type,
+        instance_count=compute.instance_count,
+        volume_size_in_gb=compute.volume_size_gb,
+        max_runtime_in_seconds=compute.max_runtime_s,
+        volume_kms_key=_kms(config),
+        output_kms_key=_kms(config),
+        network_config=_network(config, isolate),
+        base_job_name=f"{config.project.name}-{name}",
+        sagemaker_session=session,
+    )
+
+
+class Builder:
+    """Builds the steps from one Config, one session and one set of Parameters."""
+
+    def __init__(self, config: Config, session):
+        self.config = config
+        self.session = session
+        self.params = Parameters(config)
+        self.cache = CacheConfig(enable_caching=config.cache.enabled, expire_after=config.cache.expire_after)
+        self.bucket = config.aws.bucket or session.default_bucket()
+        self.s3_prefix = f"s3://{self.bucket}/{config.aws.prefix}".rstrip("/")
+
+    def output_uri(self, step: str, name: str) -> Join:
+        """s3://bucket/prefix/<execution id>/<step>/<name>: every execution keeps its own outputs."""
+        return Join(on="/", values=[self.s3_prefix, ExecutionVariables.PIPELINE_EXECUTION_ID, step, name])
+
+    def preprocess(self) -> ProcessingStep:
+        config = self.config
+        processor = _processor(
+            config, self.session, self.params.processing_instance_type, config.processing, "preprocess", True
+        )
+        step_args = processor.run(
+            code="preprocess.py",
+            source_dir=stage_code("processing"),
+            inputs=[
+                ProcessingInput(
+                    source=self.params.claims_uri, destination=f"{CONTAINER}/input/claims", input_name="claims"
+                ),
+                ProcessingInput(
+                    source=self.params.customers_uri, destination=f"{CONTAINER}/input/customers", input_name="customers"
+                ),
+            ],
+            outputs=[
+                ProcessingOutput(
+                    output_name=name,
+                    source=f"{CONTAINER}/output/{name}",
+                    destination=self.output_uri("preprocess", name),
+                )
+                for name in PREPROCESS_OUTPUTS
+            ],
+            arguments=[
+                "--validation-fraction",
+                str(config.data.validation_fraction),
+                "--test-fraction",
+                str(config.data.test_fraction),
+                "--seed",
+                str(config.data.seed),
+            ],
+        )
+        return ProcessingStep(name="Preprocess", step_args=step_args, cache_config=self.cache)
+
+    def ingest(self, preprocess: ProcessingStep) -> ProcessingStep:
+        config, store = self.config, self.config.feature_store
+        processor = _processor(config, self.session, store.compute.instance_type, store.compute, "ingest", False)
+        arguments = [
+            "--mode",
+            "feature-store",
+            "--claims-group",
+            store.claims_group,
+            "--customers-group",
+            store.customers_group,
+            "--role-arn",
+            config.aws.role_arn,
+            "--region",
+            config.aws.region,
+            "--offline-store-uri",
+            f"{self.s3_prefix}/feature-store",
+            "--online-store" if store.online_store else "--no-online-store",
+            "--workers",
+            str(store.ingest_workers),
+            "--max-attempts",
+            str(store.max_attempts),
+        ]
+        if config.security.kms_key_id:
+            arguments += ["--kms-key-id", config.security.kms_key_id]
+        step_args = processor.run(
+            code="ingest.py",
+            source_dir=stage_code("processing"),
+            inputs=[ProcessingInput(source=_output(preprocess, "features"), destination=f"{CONTAINER}/input/features")],
+            arguments=arguments,
+        )
+        return ProcessingStep(name="FeatureStoreIngest", step_args=step_args, cache_config=self.cache)
+
+    def bias_check(self, preprocess: ProcessingStep) -> ClarifyCheckStep:
+        config, bias = self.config, self.config.bias
+        check_config = DataBiasCheckConfig(
+            data_config=DataConfig(
+                s3_data_input_path=Join(on="/", values=[_output(preprocess, "headered"), "train.csv"]),
+                s3_output_path=self.output_uri("bias-check", "report"),
+                s3_analysis_config_output_path=f"{self.s3_prefix}/bias-check/config",
+                label=bias.label,
+                dataset_type="text/csv",
+                excluded_columns=["policy_id"],
+            ),
+            data_bias_config=BiasConfig(
+                label_values_or_threshold=[bias.positive_label],
+                facet_name=bias.facet,
+                facet_values_or_threshold=bias.facet_values,
+            ),
+            methods=bias.metrics,
+            kms_key=_kms(config),
+        )
+        job_config = CheckJobConfig(
+            role=config.aws.role_arn,
+            instance_count=bias.compute.instance_count,
+            instance_type=bias.compute.instance_type,
+            volume_size_in_gb=bias.compute.volume_size_gb,
+            max_runtime_in_seconds=bias.compute.max_runtime_s,
+            volume_kms_key=_kms(config),
+            output_kms_key=_kms(config),
+            network_config=_network(config, False),
+            base_job_name=f"{config.project.name}-bias",
+            sagemaker_session=self.session,
+        )
+        return ClarifyCheckStep(
+            name="DataBiasCheck",
+            clarify_check_config=check_config,
+            check_job_config=job_config,
+            skip_check=self.params.skip_bias_check,
+            register_new_baseline=self.params.register_new_bias_baseline,
+            supplied_baseline_constraints=bias.supplied_baseline_constraints or None,
+            model_package_group_name=config.registry.model_package_group,
+            cache_config=self.cache,
+        )
+
+    def estimator(self) -> Estimator:
+        config, security = self.config, self.config.security
+        compute = config.training.compute
+        return Estimator(
+            image_uri=config.aws.image_uri,
+            entry_point="train.py",
+            source_dir=stage_code("training"),
+            role=config.aws.role_arn,
+            instance_type=self.params.training_instance_type,
+            instance_count=compute.instance_count,
+            volume_size=compute.volume_size_gb,
+            max_run=compute.max_runtime_s,
+            output_path=f"{self.s3_prefix}/models",
+            code_location=f"{self.s3_prefix}/code",
+            hyperparameters=config.training.hyperparameters.model_dump(),
+            metric_definitions=METRIC_DEFINITIONS,
+            volume_kms_key=_kms(config),
+            output_kms_key=_kms(config),
+            subnets=security.subnets or None,
+            security_group_ids=security.security_groups or None,
+            enable_network_isolation=security.enable_network_isolation,
+            encrypt_inter_container_traffic=security.encrypt_inter_container_traffic,
+            base_job_name=f"{config.project.name}-train",
+            sagemaker_session=self.session,
+        )
+
+    def training_inputs(self, preprocess: ProcessingStep) -> dict[str, TrainingInput]:
+        return {
+            name: TrainingInput(_output(preprocess, name), content_type="text/csv" if name != "manifest" else None)
+            for name in ("train", "validation", "manifest")
+        }
+
+    def tune(self, preprocess: ProcessingStep, estimator: Estimator, gate: ClarifyCheckStep) -> TuningStep:
+        """Hyperparameter search; starts only once the data passed the bias gate."""
+        tuning = self.config.tuning
+        tuner = HyperparameterTuner(
+            estimator=estimator,
+            objective_metric_name=OBJECTIVE,
+            objective_type="Maximize",
+            metric_definitions=METRIC_DEFINITIONS,
+            hyperparameter_ranges={name: _range(spec) for name, spec in sorted(tuning.ranges.items())},
+            max_jobs=self.params.max_tuning_jobs,
+            max_parallel_jobs=self.params.max_parallel_tuning_jobs,
+            strategy=tuning.strategy,
+            early_stopping_type="Off" if tuning.strategy == "Hyperband" else "Auto",
+            base_tuning_job_name=f"{self.config.project.name[:20]}-tune",
+        )
+        return TuningStep(
+            name="Tune",
+            step_args=tuner.fit(inputs=self.training_inputs(preprocess), job_name=_code_job_name(estimator)),
+            cache_config=self.cache,
+            depends_on=[gate],
+        )
+
+    def evaluate(self, preprocess: ProcessingStep, model_data) -> tuple[ProcessingStep, PropertyFile]:
+        config = self.config
+        processor = _processor(
+            config, self.session, config.evaluation.compute.instance_type, config.evaluation.compute, "evaluate", True
+        )
+        report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
+        step_args = processor.run(
+            code="evaluate.py",
+            source_dir=stage_code("evaluation"),
+            inputs=[
+                ProcessingInput(source=model_data, destination=f"{CONTAINER}/model", input_name="model"),
+                ProcessingInput(source=_output(preprocess, "test"), destination=f"{CONTAINER}/test", input_name="test"),
+            ],
+            outputs=[
+                ProcessingOutput(
+                    output_name="evaluation",
+                    source=f"{CONTAINER}/evaluation",
+                    destination=self.output_uri("evaluate", "evaluation"),
+                )
+            ],
+            arguments=[
+                "--threshold-method",
+                config.evaluation.threshold.method,
+                "--alert-rate",
+                str(config.evaluation.threshold.alert_rate),
+            ],
+        )
+        step = ProcessingStep(name="Evaluate", step_args=step_args, property_files=[report], cache_config=self.cache)
+        return step, report
+
+    def register(self, evaluate: ProcessingStep, report: PropertyFile, bias: ClarifyCheckStep, model_data) -> ModelStep:
+        config, registry = self.config, self.config.registry
+        model = Model(
+            image_uri=config.aws.image_uri,
+            model_data=model_data,
+            role=config.aws.role_arn,
+            sagemaker_session=self.session,
+        )
+        evaluation_uri = Join(on="/", values=[_output(evaluate, "evaluation"), "evaluation.json"])
+        metrics = ModelMetrics(
+            model_statistics=MetricsSource(s3_uri=evaluation_uri, content_type="application/json"),
+            bias_pre_training=MetricsSource(
+                s3_uri=bias.properties.CalculatedBaselineConstraints, content_type="application/json"
+            ),
+        )
+        step_args = model.register(
+            content_types=registry.content_types,
+            response_types=registry.response_types,
+            inference_instances=registry.inference_instances,
+            transform_instances=registry.transform_instances,
+            model_package_group_name=registry.model_package_group,
+            approval_status=self.params.approval_status,
+            model_metrics=metrics,
+            drift_check_baselines=DriftCheckBaselines(
+                bias_pre_training_constraints=MetricsSource(
+                    s3_uri=bias.properties.BaselineUsedForDriftCheckConstraints, content_type="application/json"
+                )
+            ),
+            customer_metadata_properties={
+                "threshold": Join(
+                    on="", values=[JsonGet(step_name=evaluate.name, property_file=report, json_path=THRESHOLD_PATH)]
+                ),
+                "threshold_method": config.evaluation.threshold.method,
+            },
+            description=config.project.description,
+        )
+        return ModelStep(name="Register", step_args=step_args)
+
+    def check_auc(self, evaluate: ProcessingStep, report: PropertyFile, if_steps: list) -> ConditionStep:
+        auc = JsonGet(step_name=evaluate.name, property_file=report, json_path=AUC_PATH)
+        fail = FailStep(
+            name="AucBelowThreshold",
+            error_message=Join(
+                on=" ", values=["Evaluation AUC", auc, "is below the threshold MinAuc", self.params.min_auc]
+            ),
+        )
+        return ConditionStep(
+            name="CheckAuc",
+            conditions=[ConditionGreaterThanOrEqualTo(left=auc, right=self.params.min_auc)],
+            if_steps=if_steps,
+            else_steps=[fail],
+        )
+
+
+def _output(step: ProcessingStep, name: str):
+    return step.properties.ProcessingOutputConfig.Outputs[name].S3Output.S3Uri
+
+
+def _code_job_name(estimator: Estimator) -> str:
+    """A tuning job name keyed by the training code's hash: the SDK uploads the code under it, so
+    the definition is stable while the code is, and changes (missing the cache) when it changes."""
+    return f"tune-{hash_files_or_dirs([estimator.source_dir])[:16]}"
+
+
+def _range(spec):
+    kind = ContinuousParameter if spec.type == "continuous" else IntegerParameter
+    return kind(spec.min, spec.max, scaling_type=spec.scaling)
+
+
+def get_pipeline(config: Config, session) -> Pipeline:
+    """The cloud graph: Preprocess, FeatureStoreIngest, DataBiasCheck, Tune, Evaluate, CheckAuc, Register/Fail.
+
+    Call it, and the pipeline's definition()/upsert(), inside project_root().
+    """
+    build = Builder(config, session)
+    preprocess = build.preprocess()
+    ingest = build.ingest(preprocess)
+    bias = build.bias_check(preprocess)
+    estimator = build.estimator()
+    tune = build.tune(preprocess, estimator, bias)
+    model_data = tune.get_top_model_s3_uri(top_k=0, s3_bucket=build.bucket, prefix=f"{config.aws.prefix}/models")
+    evaluate, report = build.evaluate(preprocess, model_data)
+    register = build.register(evaluate, report, bias, model_data)
+    check = build.check_auc(evaluate, report, [register])
+    return Pipeline(
+        name=config.project.name,
+        parameters=build.params.all(),
+        steps=[preprocess, ingest, bias, tune, evaluate, check],
+        sagemaker_session=session,
+    )

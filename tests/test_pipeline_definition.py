@@ -1,0 +1,222 @@
+"""The cloud graph, held to its JSON definition (built offline: no credentials, no network)."""
+
+import json
+
+import pytest
+
+from pipelines import config as cfg
+from pipelines.publish import PLACEHOLDER_BUCKET, definition
+
+ROLE = "arn:aws:iam::000000000000:role/test"
+ENV = {"SAGEMAKER_ROLE_ARN": ROLE, "SAGEMAKER_BUCKET": "test-bucket"}
+SECURE_ENV = {
+    **ENV,
+    "FRAUD_KMS_KEY_ID": "alias/fraud-test",
+    "FRAUD_SUBNETS": "subnet-a,subnet-b",
+    "FRAUD_SECURITY_GROUPS": "sg-1",
+}
+
+
+def build(environ):
+    return definition(cfg.load(environ=environ))
+
+
+@pytest.fixture(scope="module")
+def text():
+    return build(ENV)
+
+
+@pytest.fixture(scope="module")
+def doc(text):
+    return json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def secure():
+    config = cfg.load(environ=SECURE_ENV)
+    security = config.security.model_copy(update={"enable_network_isolation": True})
+    return json.loads(definition(config.model_copy(update={"security": security})))
+
+
+def all_steps(document):
+    """Every step, the condition's branches included, by name."""
+    steps = {}
+    pending = list(document["Steps"])
+    while pending:
+        step = pending.pop()
+        steps[step["Name"]] = step
+        if step["Type"] == "Condition":
+            pending += step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"]
+    return steps
+
+
+def references(value) -> set[str]:
+    """Names of the steps a JSON value reads properties from."""
+    found = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Get" and isinstance(inner, str) and inner.startswith("Steps."):
+                found.add(inner.split(".")[1])
+            found |= references(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            found |= references(inner)
+    return found
+
+
+def test_every_step_and_its_type(doc):
+    types = {name: step["Type"] for name, step in all_steps(doc).items()}
+    assert types == {
+        "Preprocess": "Processing",
+        "FeatureStoreIngest": "Processing",
+        "DataBiasCheck": "ClarifyCheck",
+        "Tune": "Tuning",
+        "Evaluate": "Processing",
+        "CheckAuc": "Condition",
+        "Register-RegisterModel": "RegisterModel",
+        "AucBelowThreshold": "Fail",
+    }
+
+
+def test_dependencies_follow_the_data(doc):
+    steps = all_steps(doc)
+    assert references(steps["Preprocess"]["Arguments"]) == set()
+    assert references(steps["FeatureStoreIngest"]["Arguments"]) == {"Preprocess"}
+    assert references(steps["Tune"]["Arguments"]) == {"Preprocess"}
+    assert steps["Tune"]["DependsOn"] == ["DataBiasCheck"]
+    assert references(steps["Evaluate"]["Arguments"]) == {"Preprocess", "Tune"}
+    assert references(steps["Register-RegisterModel"]["Arguments"]) == {"Evaluate", "Tune", "DataBiasCheck"}
+
+
+def test_parameters_are_typed_with_config_defaults(doc):
+    params = {p["Name"]: (p["Type"], p.get("DefaultValue")) for p in doc["Parameters"]}
+    assert params["MinAuc"] == ("Float", 0.75)
+    assert params["MaxTuningJobs"] == ("Integer", 12)
+    assert params["MaxParallelTuningJobs"] == ("Integer", 3)
+    assert params["ModelApprovalStatus"] == ("String", "PendingManualApproval")
+    assert params["SkipBiasCheck"] == ("Boolean", False)
+    assert params["RegisterNewBiasBaseline"] == ("Boolean", False)
+    assert params["ClaimsUri"][0] == params["CustomersUri"][0] == "String"
+    assert params["ProcessingInstanceType"] == ("String", "ml.m5.xlarge")
+    assert params["TrainingInstanceType"] == ("String", "ml.m5.xlarge")
+
+
+def test_preprocess_reads_the_parameters_and_writes_every_split(doc):
+    args = all_steps(doc)["Preprocess"]["Arguments"]
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in args["ProcessingInputs"]}
+    assert inputs["claims"] == {"Get": "Parameters.ClaimsUri"}
+    assert inputs["customers"] == {"Get": "Parameters.CustomersUri"}
+    outputs = {o["OutputName"] for o in args["ProcessingOutputConfig"]["Outputs"]}
+    assert outputs == {"train", "validation", "test", "headered", "features", "manifest"}
+    assert args["AppSpecification"]["ImageUri"] == "fraud-detection:latest"
+    assert args["ProcessingResources"]["ClusterConfig"]["InstanceType"] == {"Get": "Parameters.ProcessingInstanceType"}
+
+
+def test_tuning_objective_ranges_and_budget(doc):
+    job = all_steps(doc)["Tune"]["Arguments"]["HyperParameterTuningJobConfig"]
+    assert job["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "validation:auc"}
+    assert job["ResourceLimits"] == {
+        "MaxNumberOfTrainingJobs": {"Get": "Parameters.MaxTuningJobs"},
+        "MaxParallelTrainingJobs": {"Get": "Parameters.MaxParallelTuningJobs"},
+    }
+    assert job["TrainingJobEarlyStoppingType"] == "Auto"
+    ranges = job["ParameterRanges"]
+    continuous = {r["Name"]: r for r in ranges["ContinuousParameterRanges"]}
+    assert continuous["eta"] == {"Name": "eta", "MinValue": "0.01", "MaxValue": "0.3", "ScalingType": "Logarithmic"}
+    assert [r["Name"] for r in ranges["IntegerParameterRanges"]] == ["max_depth"]
+    definition_ = all_steps(doc)["Tune"]["Arguments"]["TrainingJobDefinition"]
+    metrics = {m["Name"]: m["Regex"] for m in definition_["AlgorithmSpecification"]["MetricDefinitions"]}
+    assert metrics["validation:auc"] == r"validation:auc=([0-9\.]+)"
+    assert set(definition_["StaticHyperParameters"]) >= {"objective", "num_round", "sagemaker_program"}
+
+
+def test_evaluation_property_file_and_auc_condition(doc):
+    steps = all_steps(doc)
+    assert steps["Evaluate"]["PropertyFiles"] == [
+        {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}
+    ]
+    condition = steps["CheckAuc"]["Arguments"]["Conditions"][0]
+    assert condition["Type"] == "GreaterThanOrEqualTo"
+    assert condition["LeftValue"]["Std:JsonGet"]["Path"] == "binary_classification_metrics.auc.value"
+    assert condition["RightValue"] == {"Get": "Parameters.MinAuc"}
+    assert [s["Name"] for s in steps["CheckAuc"]["Arguments"]["IfSteps"]] == ["Register-RegisterModel"]
+    assert [s["Name"] for s in steps["CheckAuc"]["Arguments"]["ElseSteps"]] == ["AucBelowThreshold"]
+
+
+def test_fail_message_carries_auc_and_threshold(doc):
+    message = all_steps(doc)["AucBelowThreshold"]["Arguments"]["ErrorMessage"]["Std:Join"]
+    assert message["Values"][0] == "Evaluation AUC"
+    assert "Std:JsonGet" in message["Values"][1]
+    assert message["Values"][3] == {"Get": "Parameters.MinAuc"}
+
+
+def test_register_metrics_metadata_and_approval(doc):
+    args = all_steps(doc)["Register-RegisterModel"]["Arguments"]
+    assert args["ModelPackageGroupName"] == "fraud-detection-models"
+    assert args["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    statistics = args["ModelMetrics"]["ModelQuality"]["Statistics"]
+    assert statistics["S3Uri"]["Std:Join"]["Values"][-1] == "evaluation.json"
+    assert args["ModelMetrics"]["Bias"]["PreTrainingReport"]["S3Uri"] == {
+        "Get": "Steps.DataBiasCheck.CalculatedBaselineConstraints"
+    }
+    assert args["DriftCheckBaselines"]["Bias"]["PreTrainingConstraints"]["S3Uri"] == {
+        "Get": "Steps.DataBiasCheck.BaselineUsedForDriftCheckConstraints"
+    }
+    threshold = args["CustomerMetadataProperties"]["threshold"]["Std:Join"]["Values"][0]["Std:JsonGet"]
+    assert threshold["Path"] == "threshold.value"
+    spec = args["InferenceSpecification"]
+    assert spec["SupportedContentTypes"] == ["text/csv", "application/json"]
+    assert spec["SupportedRealtimeInferenceInstanceTypes"] == ["ml.m5.large"]
+
+
+def test_bias_check_facet_label_and_gates(doc):
+    step = all_steps(doc)["DataBiasCheck"]
+    assert step["CheckType"] == "DATA_BIAS"
+    assert step["SkipCheck"] == {"Get": "Parameters.SkipBiasCheck"}
+    assert step["RegisterNewBaseline"] == {"Get": "Parameters.RegisterNewBiasBaseline"}
+    assert step["FailOnViolation"] is True
+    assert step["ModelPackageGroupName"] == "fraud-detection-models"
+
+
+def test_no_security_settings_when_none_are_configured(doc):
+    for name, step in all_steps(doc).items():
+        text = json.dumps(step["Arguments"])
+        assert "VpcConfig" not in text, name
+        assert "KmsKeyId" not in text and "VolumeKmsKeyId" not in text, name
+        assert '"EnableNetworkIsolation": true' not in text, name
+
+
+def test_security_settings_reach_every_job(secure):
+    steps = all_steps(secure)
+    for name in ("Preprocess", "FeatureStoreIngest", "DataBiasCheck", "Evaluate"):
+        args = steps[name]["Arguments"]
+        network = args["NetworkConfig"]
+        assert network["VpcConfig"] == {"Subnets": ["subnet-a", "subnet-b"], "SecurityGroupIds": ["sg-1"]}, name
+        assert network["EnableInterContainerTrafficEncryption"] is True, name
+        assert args["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == "alias/fraud-test", name
+        if name != "FeatureStoreIngest":  # the only job without outputs
+            assert args["ProcessingOutputConfig"]["KmsKeyId"] == "alias/fraud-test", name
+    assert steps["Preprocess"]["Arguments"]["NetworkConfig"]["EnableNetworkIsolation"] is True
+    assert steps["FeatureStoreIngest"]["Arguments"]["NetworkConfig"]["EnableNetworkIsolation"] is False
+    training = steps["Tune"]["Arguments"]["TrainingJobDefinition"]
+    assert training["VpcConfig"] == {"Subnets": ["subnet-a", "subnet-b"], "SecurityGroupIds": ["sg-1"]}
+    assert training["HyperParameterTuningResourceConfig"]["VolumeKmsKeyId"] == "alias/fraud-test"
+    assert training["OutputDataConfig"]["KmsKeyId"] == "alias/fraud-test"
+    assert training["EnableNetworkIsolation"] is True
+    assert training["EnableInterContainerTrafficEncryption"] is True
+    assert "--kms-key-id" in steps["FeatureStoreIngest"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+
+
+def test_cache_config_on_every_cacheable_step(doc):
+    for name in ("Preprocess", "FeatureStoreIngest", "DataBiasCheck", "Tune", "Evaluate"):
+        assert all_steps(doc)[name]["CacheConfig"] == {"Enabled": True, "ExpireAfter": "P30D"}, name
+
+
+def test_definition_is_deterministic(text):
+    assert build(ENV) == text
+
+
+def test_no_bucket_or_role_configured_uses_placeholders():
+    document = build({})
+    assert PLACEHOLDER_BUCKET in document
+    assert "000000000000" in document
