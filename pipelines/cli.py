@@ -82,6 +82,26 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local(args: argparse.Namespace) -> int:
+    from pipelines import local
+    from pipelines.publish import parse_parameters
+    from pipelines.synthetic_data import generate
+
+    config = _config(args)
+    if bool(args.claims) != bool(args.customers):
+        raise ValueError("--claims and --customers go together")
+    local.ensure_docker(install=not args.no_install)
+    local.ensure_image(config.aws.image_uri)
+    claims, customers = args.claims, args.customers
+    if not claims:
+        data = Path("build") / "local-data" / f"{args.rows}-{args.seed}"
+        print(f"generating {args.rows} policies (seed {args.seed}) in {data}")
+        claims, customers = generate(args.rows, args.seed, data)
+    result = local.run(config, claims, customers, parse_parameters(args.param), args.runs_dir)
+    print("\n".join(local.summary(result)))
+    return 0 if result.status == "Succeeded" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fraud-pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None, help="pipeline.yaml to use (default: the project's)")
@@ -111,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--delete", action="store_true", help="delete the schedule")
     schedule.set_defaults(run=_schedule)
 
+    local = commands.add_parser("local", help="run the whole pipeline on this machine in containers")
+    local.add_argument("--claims", type=Path, help="raw claims.csv (default: generated)")
+    local.add_argument("--customers", type=Path, help="raw customers.csv (default: generated)")
+    local.add_argument("--rows", type=int, default=20_000, help="policies to generate when no files are given")
+    local.add_argument("--seed", type=int, default=42)
+    local.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="parameter override")
+    local.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs/<execution-id>/ go")
+    local.add_argument("--no-install", action="store_true", help="never install or start a Docker engine")
+    local.set_defaults(run=_local)
+
     status = commands.add_parser("status", help="the latest executions and their steps")
     status.add_argument("--limit", type=int, default=5)
     status.set_defaults(run=_status)
@@ -119,13 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.config import ConfigError
+    from pipelines.local import LocalRunError
     from pipelines.publish import PublishError
 
     args = build_parser().parse_args(argv)
     _quiet_sdk()
     try:
         return args.run(args)
-    except (ConfigError, PublishError, ValueError, OSError) as error:
+    except (ConfigError, PublishError, LocalRunError, ValueError, OSError) as error:
         print(f"fraud-pipeline {args.command}: error: {error}", file=sys.stderr)
         return 1
 

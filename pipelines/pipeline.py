@@ -33,7 +33,7 @@ from sagemaker.workflow.model_step import ModelStep
 from sagemaker.workflow.parameters import ParameterBoolean, ParameterFloat, ParameterInteger, ParameterString
 from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.properties import PropertyFile
-from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TuningStep
+from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep, TuningStep
 from sagemaker.workflow.utilities import hash_files_or_dirs
 
 from pipelines.config import Config
@@ -120,49 +120,58 @@ def _kms(config: Config) -> str | None:
     return config.security.kms_key_id or None
 
 
-def _processor(config: Config, session, instance_type, compute, name: str, isolate: bool) -> FrameworkProcessor:
-    """A script-mode processor on the project image: the step's folder is uploaded as its source."""
-    return FrameworkProcessor(
-        estimator_cls=SKLearn,
-        framework_version="1.2-1",
-        image_uri=config.aws.image_uri,
-        command=["python3"],
-        role=config.aws.role_arn,
-        instance_type=instance_type,
-        instance_count=compute.instance_count,
-        volume_size_in_gb=compute.volume_size_gb,
-        max_runtime_in_seconds=compute.max_runtime_s,
-        volume_kms_key=_kms(config),
-        output_kms_key=_kms(config),
-        network_config=_network(config, isolate),
-        base_job_name=f"{config.project.name}-{name}",
-        sagemaker_session=session,
-    )
-
-
 class Builder:
-    """Builds the steps from one Config, one session and one set of Parameters."""
+    """Builds the steps from one Config, one session and one set of Parameters.
 
-    def __init__(self, config: Config, session):
+    With `code_session` (a LocalPipelineSession with local code) it builds for local mode: jobs on
+    instance type "local", training code mounted from this checkout instead of uploaded.
+    """
+
+    def __init__(self, config: Config, session, code_session=None):
         self.config = config
         self.session = session
+        self.local = code_session is not None
+        self.code_session = code_session or session
         self.params = Parameters(config)
         self.cache = CacheConfig(enable_caching=config.cache.enabled, expire_after=config.cache.expire_after)
         self.bucket = config.aws.bucket or session.default_bucket()
         self.s3_prefix = f"s3://{self.bucket}/{config.aws.prefix}".rstrip("/")
 
+    def source(self, folder: str) -> str:
+        """The staged source folder of a step; absolute in local mode, where containers mount it."""
+        staged = stage_code(folder)
+        return str(ROOT / staged) if self.local else staged
+
     def output_uri(self, step: str, name: str) -> Join:
         """s3://bucket/prefix/<execution id>/<step>/<name>: every execution keeps its own outputs."""
         return Join(on="/", values=[self.s3_prefix, ExecutionVariables.PIPELINE_EXECUTION_ID, step, name])
 
+    def processor(self, name: str, compute, instance_type=None, isolate: bool = True) -> FrameworkProcessor:
+        """A script-mode processor on the project image: the step's folder is uploaded as its source."""
+        config = self.config
+        return FrameworkProcessor(
+            estimator_cls=SKLearn,
+            framework_version="1.2-1",
+            image_uri=config.aws.image_uri,
+            command=["python3"],
+            role=config.aws.role_arn,
+            instance_type="local" if self.local else instance_type or compute.instance_type,
+            instance_count=compute.instance_count,
+            volume_size_in_gb=compute.volume_size_gb,
+            max_runtime_in_seconds=compute.max_runtime_s,
+            volume_kms_key=_kms(config),
+            output_kms_key=_kms(config),
+            network_config=_network(config, isolate),
+            base_job_name=f"{config.project.name}-{name}",
+            sagemaker_session=self.session,
+        )
+
     def preprocess(self) -> ProcessingStep:
         config = self.config
-        processor = _processor(
-            config, self.session, self.params.processing_instance_type, config.processing, "preprocess", True
-        )
+        processor = self.processor("preprocess", config.processing, self.params.processing_instance_type)
         step_args = processor.run(
             code="preprocess.py",
-            source_dir=stage_code("processing"),
+            source_dir=self.source("processing"),
             inputs=[
                 ProcessingInput(
                     source=self.params.claims_uri, destination=f"{CONTAINER}/input/claims", input_name="claims"
@@ -192,7 +201,7 @@ class Builder:
 
     def ingest(self, preprocess: ProcessingStep) -> ProcessingStep:
         config, store = self.config, self.config.feature_store
-        processor = _processor(config, self.session, store.compute.instance_type, store.compute, "ingest", False)
+        processor = self.processor("ingest", store.compute, isolate=False)
         arguments = [
             "--mode",
             "feature-store",
@@ -216,7 +225,7 @@ class Builder:
             arguments += ["--kms-key-id", config.security.kms_key_id]
         step_args = processor.run(
             code="ingest.py",
-            source_dir=stage_code("processing"),
+            source_dir=self.source("processing"),
             inputs=[ProcessingInput(source=_output(preprocess, "features"), destination=f"{CONTAINER}/input/features")],
             arguments=arguments,
         )
@@ -270,9 +279,9 @@ class Builder:
         return Estimator(
             image_uri=config.aws.image_uri,
             entry_point="train.py",
-            source_dir=stage_code("training"),
+            source_dir=self.source("training"),
             role=config.aws.role_arn,
-            instance_type=self.params.training_instance_type,
+            instance_type="local" if self.local else self.params.training_instance_type,
             instance_count=compute.instance_count,
             volume_size=compute.volume_size_gb,
             max_run=compute.max_runtime_s,
@@ -287,7 +296,7 @@ class Builder:
             enable_network_isolation=security.enable_network_isolation,
             encrypt_inter_container_traffic=security.encrypt_inter_container_traffic,
             base_job_name=f"{config.project.name}-train",
-            sagemaker_session=self.session,
+            sagemaker_session=self.code_session,
         )
 
     def training_inputs(self, preprocess: ProcessingStep) -> dict[str, TrainingInput]:
@@ -320,13 +329,11 @@ class Builder:
 
     def evaluate(self, preprocess: ProcessingStep, model_data) -> tuple[ProcessingStep, PropertyFile]:
         config = self.config
-        processor = _processor(
-            config, self.session, config.evaluation.compute.instance_type, config.evaluation.compute, "evaluate", True
-        )
+        processor = self.processor("evaluate", config.evaluation.compute)
         report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
         step_args = processor.run(
             code="evaluate.py",
-            source_dir=stage_code("evaluation"),
+            source_dir=self.source("evaluation"),
             inputs=[
                 ProcessingInput(source=model_data, destination=f"{CONTAINER}/model", input_name="model"),
                 ProcessingInput(source=_output(preprocess, "test"), destination=f"{CONTAINER}/test", input_name="test"),
@@ -401,6 +408,86 @@ class Builder:
             else_steps=[fail],
         )
 
+    def ingest_offline(self, preprocess: ProcessingStep) -> ProcessingStep:
+        """Local stand-in for Feature Store ingest: the offline store's Parquet layout, in S3."""
+        store = self.config.feature_store
+        step_args = self.processor("ingest", store.compute).run(
+            code="ingest.py",
+            source_dir=self.source("processing"),
+            inputs=[ProcessingInput(source=_output(preprocess, "features"), destination=f"{CONTAINER}/input/features")],
+            outputs=[
+                ProcessingOutput(
+                    output_name="offline-store",
+                    source=f"{CONTAINER}/output/offline-store",
+                    destination=self.output_uri("ingest", "offline-store"),
+                )
+            ],
+            arguments=[
+                "--mode",
+                "offline-files",
+                "--claims-group",
+                store.claims_group,
+                "--customers-group",
+                store.customers_group,
+                "--output-dir",
+                f"{CONTAINER}/output/offline-store",
+            ],
+        )
+        return ProcessingStep(name="FeatureStoreIngest", step_args=step_args)
+
+    def bias_check_local(self, preprocess: ProcessingStep) -> ProcessingStep:
+        """Local stand-in for ClarifyCheckStep: the same pre-training metrics with smclarify;
+        a metric beyond its configured threshold fails the step."""
+        bias = self.config.bias
+        arguments = [
+            "--label",
+            bias.label,
+            "--positive-label",
+            str(bias.positive_label),
+            "--facet",
+            bias.facet,
+            "--facet-values",
+            ",".join(str(v) for v in bias.facet_values),
+            "--metrics",
+            ",".join(bias.metrics),
+            "--output-dir",
+            f"{CONTAINER}/output/bias",
+        ]
+        if bias.thresholds:
+            arguments += ["--thresholds", ",".join(f"{k}={v}" for k, v in sorted(bias.thresholds.items()))]
+        step_args = self.processor("bias", bias.compute).run(
+            code="bias.py",
+            source_dir=self.source("processing"),
+            inputs=[
+                ProcessingInput(
+                    source=Join(on="/", values=[_output(preprocess, "headered"), "train.csv"]),
+                    destination=f"{CONTAINER}/input/data",
+                )
+            ],
+            outputs=[
+                ProcessingOutput(
+                    output_name="bias", source=f"{CONTAINER}/output/bias", destination=self.output_uri("bias", "report")
+                )
+            ],
+            arguments=arguments,
+        )
+        return ProcessingStep(name="DataBiasCheck", step_args=step_args)
+
+    def train(self, preprocess: ProcessingStep, estimator: Estimator, gate: ProcessingStep) -> TrainingStep:
+        """Local stand-in for the tuner: one training job with the configured hyperparameters."""
+        step_args = estimator.fit(inputs=self.training_inputs(preprocess))
+        return TrainingStep(name="Train", step_args=step_args, depends_on=[gate])
+
+    def create_model(self, model_data) -> ModelStep:
+        """Local stand-in for Register: a model the local session can serve; the CLI writes the registry record."""
+        model = Model(
+            image_uri=self.config.aws.image_uri,
+            model_data=model_data,
+            role=self.config.aws.role_arn,
+            sagemaker_session=self.session,
+        )
+        return ModelStep(name="CreateModel", step_args=model.create(instance_type="local"))
+
 
 def _output(step: ProcessingStep, name: str):
     return step.properties.ProcessingOutputConfig.Outputs[name].S3Output.S3Uri
@@ -436,5 +523,29 @@ def get_pipeline(config: Config, session) -> Pipeline:
         name=config.project.name,
         parameters=build.params.all(),
         steps=[preprocess, ingest, bias, tune, evaluate, check],
+        sagemaker_session=session,
+    )
+
+
+def get_local_pipeline(config: Config, session, code_session) -> Pipeline:
+    """The local graph, from the same config and scripts, for what SageMaker local mode can run:
+    Preprocess, FeatureStoreIngest (offline-store files), DataBiasCheck (smclarify), Train,
+    Evaluate, CheckAuc, CreateModel/Fail.
+
+    `session` is a LocalPipelineSession with local code disabled (processing jobs upload their code),
+    `code_session` one with local code (the training container mounts training/ from the checkout).
+    """
+    build = Builder(config, session, code_session)
+    preprocess = build.preprocess()
+    ingest = build.ingest_offline(preprocess)
+    bias = build.bias_check_local(preprocess)
+    train = build.train(preprocess, build.estimator(), bias)
+    model_data = train.properties.ModelArtifacts.S3ModelArtifacts
+    evaluate, report = build.evaluate(preprocess, model_data)
+    check = build.check_auc(evaluate, report, [build.create_model(model_data)])
+    return Pipeline(
+        name=f"{config.project.name}-local",
+        parameters=build.params.all(),
+        steps=[preprocess, ingest, bias, train, evaluate, check],
         sagemaker_session=session,
     )
