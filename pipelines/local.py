@@ -8,17 +8,21 @@ Each run's outputs land in runs/<execution-id>/.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import boto3
 
@@ -106,6 +110,27 @@ def local_s3(region: str) -> Iterator[str]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+class ContainerLog(io.TextIOBase):
+    """Stands in for stdout while the SDK streams container output: passes it on, and keeps the
+    last error line a step script printed (`<script>: error: ...`, `bias check failed: ...`)."""
+
+    ERROR = re.compile(r"(\w+: error: .*|bias check failed: .*)$")
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.last_error = ""
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            found = self.ERROR.search(line.rstrip())
+            if found:
+                self.last_error = found.group(1)
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 class StepProgress(logging.Handler):
@@ -249,8 +274,10 @@ def run(
         executor_log.addHandler(progress)
         executor_log.setLevel(logging.INFO)
         executor_log.propagate = False
+        container_log = ContainerLog(sys.stdout)
         try:
-            execution = pipeline.start(parameters=parameters)
+            with redirect_stdout(container_log):
+                execution = pipeline.start(parameters=parameters)
         finally:
             executor_log.removeHandler(progress)
             executor_log.propagate = True
@@ -263,12 +290,15 @@ def run(
     described = execution.describe()
     steps = execution.list_steps()["PipelineExecutionSteps"]
     failed = [s for s in steps if s.get("StepStatus") == "Failed"]
+    failure = failed[0].get("FailureReason", "") if failed else described.get("FailureReason", "")
+    if failed and failed[0]["StepName"] != FAIL_STEP and container_log.last_error:
+        failure = container_log.last_error  # the script's own message says more than docker-compose's exit code
     result = RunResult(
         execution_id=execution_id,
         status=described["PipelineExecutionStatus"],
         run_dir=run_dir,
         steps=steps,
-        failure=failed[0].get("FailureReason", "") if failed else described.get("FailureReason", ""),
+        failure=failure,
         failed_step=failed[0]["StepName"] if failed else "",
     )
     if result.status == "Succeeded":
