@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+CLI := $(BIN)/fraud-pipeline
 ROWS ?= 20000
 SEED ?= 42
 DATA ?= data
+PARAMS ?=
 
-export SAGEMAKER_SUPPRESS_V2_WARNING := 1
-
-.PHONY: install test lint data
+.PHONY: install test lint data definition upsert start schedule status deploy-infra
 
 $(INSTALLED): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,4 +26,22 @@ lint: $(INSTALLED)  ## ruff
 	$(BIN)/ruff check .
 
 data: $(INSTALLED)  ## synthetic claims.csv and customers.csv in $(DATA)/ (ROWS, SEED)
-	$(BIN)/fraud-pipeline data --rows $(ROWS) --seed $(SEED) --out $(DATA)
+	$(CLI) data --rows $(ROWS) --seed $(SEED) --out $(DATA)
+
+definition: $(INSTALLED)  ## the pipeline definition JSON, offline, to build/pipeline-definition.json
+	$(CLI) definition --output build/pipeline-definition.json
+
+upsert: $(INSTALLED)  ## create or update the pipeline in your AWS account (SAGEMAKER_ROLE_ARN, SAGEMAKER_BUCKET)
+	$(CLI) upsert
+
+start: $(INSTALLED)  ## start an execution and follow it (PARAMS="--param MinAuc=0.8")
+	$(CLI) start --wait $(PARAMS)
+
+schedule: $(INSTALLED)  ## create or update the EventBridge schedule from pipeline.yaml
+	$(CLI) schedule
+
+status: $(INSTALLED)  ## the latest executions and their steps
+	$(CLI) status
+
+deploy-infra: $(INSTALLED)  ## deploy the approved-model -> endpoint function and its EventBridge rule (AWS)
+	$(BIN)/python deploy_lambda/deploy_infra.py

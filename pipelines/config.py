@@ -229,11 +229,20 @@ class Security(Section):
 
 
 class Deploy(Section):
-    endpoint_name: Name
+    # lower case, and room for the "-v<version>" of the models and endpoint configs the deploy function names
+    endpoint_name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9](-*[a-z0-9]){0,55}$")]
     instance_type: InstanceType = "ml.m5.large"
     instance_count: Annotated[int, Field(ge=1, le=100)] = 1
     data_capture_uri: str = ""
+    data_capture_percent: Annotated[int, Field(ge=0, le=100)] = 100
+    traffic_routing: Literal["ALL_AT_ONCE", "CANARY"] = "ALL_AT_ONCE"
     rollback_alarms: IdList = []
+
+    @model_validator(mode="after")
+    def _canary_needs_two(self) -> Deploy:
+        if self.traffic_routing == "CANARY" and self.instance_count < 2:
+            raise ValueError("traffic_routing CANARY needs instance_count >= 2")
+        return self
 
 
 class Config(Section):

@@ -1,0 +1,374 @@
+"""Deploy approved model packages to the real-time endpoint: an EventBridge-triggered Lambda function.
+
+An Approved "SageMaker Model Package State Change" of the configured group becomes model `<endpoint>-v<version>`,
+endpoint config `<endpoint>-v<version>` (data capture on) and then the endpoint: created when it does not exist,
+otherwise updated blue/green with auto-rollback on the configured alarms, so the fleet serving today keeps serving
+until the new one is InService. Names derive from the package version, so a replayed event finds its work done.
+
+Superseded configs and models of this endpoint (named `<endpoint>-v<N>`) are deleted only once the endpoint is
+InService on the new config. The function waits for that while its remaining time allows; a blue/green update that
+outlasts it is left running, and the next invocation (the next approval, or a replay of this one) cleans up.
+
+Only boto3 and the standard library: this file is the whole Lambda package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError, WaiterError
+
+EVENT_KIND = ("aws.sagemaker", "SageMaker Model Package State Change")  # source, detail-type
+REQUIRED = (
+    "MODEL_PACKAGE_GROUP",
+    "ENDPOINT_NAME",
+    "EXECUTION_ROLE_ARN",
+    "INSTANCE_TYPE",
+    "INSTANCE_COUNT",
+    "DATA_CAPTURE_S3_URI",
+)
+TRAFFIC_ROUTINGS = ("ALL_AT_ONCE", "CANARY")
+VARIANT = "AllTraffic"
+MAX_NAME_LENGTH = 63
+
+TERMINATION_WAIT_SECONDS = 300  # baking period: the old fleet stays up and the alarms are watched
+CANARY_WAIT_SECONDS = 300  # how long the canary serves alone before the rest of the traffic moves
+MAX_EXECUTION_SECONDS = 3600  # SageMaker gives up (and rolls back) a blue/green update after this
+POLL_SECONDS = 30
+SAFETY_MARGIN_SECONDS = 60  # stop waiting this long before the Lambda timeout
+WAIT_WITHOUT_CONTEXT_SECONDS = 840  # local runs: what a 15-minute Lambda would allow
+
+# Throttling and transient errors: botocore retries each call 5 times more, with exponential backoff and jitter.
+RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
+
+
+class ConfigurationError(RuntimeError):
+    """An environment variable of the function is missing or invalid."""
+
+
+class DeploymentError(RuntimeError):
+    """The deployment failed or was rolled back; a fleet that served before keeps serving."""
+
+
+class EndpointBusy(DeploymentError):
+    """Another create/update of the endpoint is under way; a retry of the invocation will succeed later."""
+
+
+def log(level: str, message: str, **fields: Any) -> None:
+    """One JSON object per line (CloudWatch Logs Insights parses the fields)."""
+    print(json.dumps({"level": level, "message": message, **fields}, default=str), flush=True)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The function's configuration, from its environment variables."""
+
+    model_package_group: str
+    endpoint_name: str
+    execution_role_arn: str
+    instance_type: str
+    instance_count: int
+    data_capture_s3_uri: str
+    data_capture_percent: int = 100
+    kms_key_id: str = ""
+    rollback_alarms: tuple[str, ...] = ()
+    traffic_routing: str = "ALL_AT_ONCE"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        missing = [name for name in REQUIRED if not environ.get(name, "").strip()]
+        if missing:
+            raise ConfigurationError(f"missing required environment variable(s): {', '.join(missing)}")
+        settings = cls(
+            model_package_group=environ["MODEL_PACKAGE_GROUP"].strip(),
+            endpoint_name=environ["ENDPOINT_NAME"].strip(),
+            execution_role_arn=environ["EXECUTION_ROLE_ARN"].strip(),
+            instance_type=environ["INSTANCE_TYPE"].strip(),
+            instance_count=_integer(environ, "INSTANCE_COUNT", 1, 100),
+            data_capture_s3_uri=environ["DATA_CAPTURE_S3_URI"].strip(),
+            data_capture_percent=_integer(environ, "DATA_CAPTURE_PERCENT", 0, 100, default=100),
+            kms_key_id=environ.get("KMS_KEY_ID", "").strip(),
+            rollback_alarms=tuple(a.strip() for a in environ.get("ROLLBACK_ALARMS", "").split(",") if a.strip()),
+            traffic_routing=environ.get("TRAFFIC_ROUTING", "").strip() or "ALL_AT_ONCE",
+        )
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        if not self.data_capture_s3_uri.startswith("s3://"):
+            raise ConfigurationError(f"DATA_CAPTURE_S3_URI: {self.data_capture_s3_uri!r} is not an s3:// URI")
+        if len(self.rollback_alarms) > 10:
+            raise ConfigurationError(f"ROLLBACK_ALARMS: {len(self.rollback_alarms)} alarms, SageMaker takes 10 at most")
+        if self.traffic_routing not in TRAFFIC_ROUTINGS:
+            raise ConfigurationError(f"TRAFFIC_ROUTING: {self.traffic_routing!r} is not one of {TRAFFIC_ROUTINGS}")
+        if self.traffic_routing == "CANARY" and self.instance_count < 2:
+            raise ConfigurationError("TRAFFIC_ROUTING=CANARY needs INSTANCE_COUNT of 2 or more (a 1-instance canary)")
+
+
+def _integer(environ: Mapping[str, str], name: str, low: int, high: int, default: int | None = None) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw and default is not None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}: {raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name}: {value} is outside {low}..{high}")
+    return value
+
+
+def approved_package(event: Any, settings: Settings) -> str | None:
+    """The ARN of the package this event approves in our group, or None (logged) when there is nothing to deploy."""
+    detail = event.get("detail") if isinstance(event, dict) else None
+    if not isinstance(detail, dict) or (event.get("source"), event.get("detail-type")) != EVENT_KIND:
+        log("WARNING", "rejected: not a SageMaker model package state change", event=event)
+        return None
+    group, arn, status = (detail.get(k) for k in ("ModelPackageGroupName", "ModelPackageArn", "ModelApprovalStatus"))
+    if not all(isinstance(value, str) and value for value in (group, arn, status)):
+        log("WARNING", "rejected: the detail lacks the package group, ARN or approval status", event=event)
+        return None
+    if group != settings.model_package_group:
+        log("INFO", "ignored: another model package group", model_package=arn, group=group)
+        return None
+    if status != "Approved":
+        log("INFO", f"ignored: the package is {status}, nothing changes", model_package=arn, status=status)
+        return None
+    return arn
+
+
+def resource_name(endpoint_name: str, version: int) -> str:
+    """The model and endpoint config name of a package version: <endpoint>-v<version>."""
+    name = f"{endpoint_name}-v{version}"
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigurationError(f"{name!r} is longer than {MAX_NAME_LENGTH} characters: shorten ENDPOINT_NAME")
+    return name
+
+
+def container_environment(package: Mapping[str, Any]) -> dict[str, str]:
+    """FRAUD_THRESHOLD from the package's customer metadata `threshold`, when present."""
+    threshold = package.get("CustomerMetadataProperties", {}).get("threshold")
+    if threshold is None:
+        return {}
+    try:
+        value = float(threshold)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise DeploymentError(f"{package['ModelPackageArn']}: threshold {threshold!r} is not a number in [0, 1]")
+    return {"FRAUD_THRESHOLD": threshold}
+
+
+def model_request(settings: Settings, name: str, package: Mapping[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = {"ModelPackageName": package["ModelPackageArn"]}
+    environment = container_environment(package)
+    if environment:
+        container["Environment"] = environment
+    return {
+        "ModelName": name,
+        "ExecutionRoleArn": settings.execution_role_arn,
+        "PrimaryContainer": container,
+        "Tags": [{"Key": "ModelPackageArn", "Value": package["ModelPackageArn"]}],
+    }
+
+
+def endpoint_config_request(settings: Settings, name: str, package_arn: str) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "EndpointConfigName": name,
+        "ProductionVariants": [
+            {
+                "VariantName": VARIANT,
+                "ModelName": name,
+                "InstanceType": settings.instance_type,
+                "InitialInstanceCount": settings.instance_count,
+                "InitialVariantWeight": 1.0,
+            }
+        ],
+        "Tags": [{"Key": "ModelPackageArn", "Value": package_arn}],
+    }
+    if settings.data_capture_percent:
+        capture: dict[str, Any] = {
+            "EnableCapture": True,
+            "InitialSamplingPercentage": settings.data_capture_percent,
+            "DestinationS3Uri": settings.data_capture_s3_uri,
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"], "JsonContentTypes": ["application/json"]},
+        }
+        if settings.kms_key_id:
+            capture["KmsKeyId"] = settings.kms_key_id
+        request["DataCaptureConfig"] = capture
+    if settings.kms_key_id:
+        request["KmsKeyId"] = settings.kms_key_id
+    return request
+
+
+def deployment_config(settings: Settings) -> dict[str, Any]:
+    """Blue/green: the new fleet comes up beside the old one, which serves until the shift and the baking are over."""
+    routing: dict[str, Any] = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0}
+    if settings.traffic_routing == "CANARY":
+        routing = {
+            "Type": "CANARY",
+            "CanarySize": {"Type": "INSTANCE_COUNT", "Value": 1},
+            "WaitIntervalInSeconds": CANARY_WAIT_SECONDS,
+        }
+    config: dict[str, Any] = {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": TERMINATION_WAIT_SECONDS,
+            "MaximumExecutionTimeoutInSeconds": MAX_EXECUTION_SECONDS,
+        }
+    }
+    if settings.rollback_alarms:
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in settings.rollback_alarms]}
+    return config
+
+
+def _describe(call: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """A describe_* response, or None when SageMaker does not know the resource (it says ValidationException)."""
+    try:
+        return call(**kwargs)
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ValidationException":
+            return None
+        raise
+
+
+def ensure_model(client: Any, settings: Settings, name: str, package: Mapping[str, Any]) -> None:
+    if _describe(client.describe_model, ModelName=name):
+        log("INFO", "model exists, reused", model=name)
+        return
+    client.create_model(**model_request(settings, name, package))
+    log("INFO", "model created", model=name, model_package=package["ModelPackageArn"])
+
+
+def ensure_endpoint_config(client: Any, settings: Settings, name: str, package_arn: str) -> None:
+    if _describe(client.describe_endpoint_config, EndpointConfigName=name):
+        log("INFO", "endpoint config exists, reused", endpoint_config=name)
+        return
+    client.create_endpoint_config(**endpoint_config_request(settings, name, package_arn))
+    log("INFO", "endpoint config created", endpoint_config=name, data_capture=settings.data_capture_percent)
+
+
+def roll_out(client: Any, settings: Settings, config_name: str) -> tuple[str, dict[str, Any] | None]:
+    """Point the endpoint at config_name: 'created', 'updated', or 'unchanged' when it is there or on its way.
+
+    Also returns the DescribeEndpoint response seen before acting (None when the endpoint did not exist).
+    """
+    endpoint = _describe(client.describe_endpoint, EndpointName=settings.endpoint_name)
+    if endpoint is None:
+        client.create_endpoint(EndpointName=settings.endpoint_name, EndpointConfigName=config_name)
+        log("INFO", "endpoint creation started", endpoint=settings.endpoint_name, endpoint_config=config_name)
+        return "created", None
+    status, current = endpoint["EndpointStatus"], endpoint["EndpointConfigName"]
+    pending = endpoint.get("PendingDeploymentSummary", {}).get("EndpointConfigName")
+    if status == "Failed":
+        raise DeploymentError(
+            f"endpoint {settings.endpoint_name} is Failed ({endpoint.get('FailureReason', 'no reason given')}) and "
+            "serves nothing: delete it, then replay the approval"
+        )
+    if config_name in (current, pending):
+        log("INFO", "endpoint already on this config", endpoint=settings.endpoint_name, endpoint_status=status)
+        return "unchanged", endpoint
+    if status != "InService":
+        raise EndpointBusy(f"endpoint {settings.endpoint_name} is {status} (another deployment); retry later")
+    client.update_endpoint(
+        EndpointName=settings.endpoint_name,
+        EndpointConfigName=config_name,
+        DeploymentConfig=deployment_config(settings),
+    )
+    log("INFO", "blue/green update started", endpoint=settings.endpoint_name, old=current, new=config_name)
+    return "updated", endpoint
+
+
+def wait_for_endpoint(client: Any, endpoint_name: str, seconds: float) -> dict[str, Any]:
+    """Poll until the endpoint settles (InService or Failed) or `seconds` pass; the last DescribeEndpoint response."""
+    attempts = max(1, int(seconds // POLL_SECONDS))
+    try:
+        client.get_waiter("endpoint_in_service").wait(
+            EndpointName=endpoint_name, WaiterConfig={"Delay": POLL_SECONDS, "MaxAttempts": attempts}
+        )
+    except WaiterError as error:
+        if "EndpointStatus" not in (error.last_response or {}):
+            raise
+        return error.last_response
+    return client.describe_endpoint(EndpointName=endpoint_name)
+
+
+def clean_up(client: Any, settings: Settings, keep: str) -> list[str]:
+    """Delete this endpoint's earlier endpoint configs, then models (named <endpoint>-v<N>), except `keep`."""
+    ours = re.compile(rf"{re.escape(settings.endpoint_name)}-v\d+")
+    prefix = f"{settings.endpoint_name}-v"
+    configs = client.get_paginator("list_endpoint_configs").paginate(NameContains=prefix)
+    models = client.get_paginator("list_models").paginate(NameContains=prefix)
+    stale_configs = sorted({c["EndpointConfigName"] for page in configs for c in page["EndpointConfigs"]})
+    stale_models = sorted({m["ModelName"] for page in models for m in page["Models"]})
+    deleted = []
+    for name in (n for n in stale_configs if ours.fullmatch(n) and n != keep):
+        client.delete_endpoint_config(EndpointConfigName=name)
+        deleted.append(f"endpoint-config/{name}")
+    for name in (n for n in stale_models if ours.fullmatch(n) and n != keep):
+        client.delete_model(ModelName=name)
+        deleted.append(f"model/{name}")
+    if deleted:
+        log("INFO", "superseded resources deleted", endpoint=settings.endpoint_name, deleted=deleted)
+    return deleted
+
+
+def deploy(client: Any, settings: Settings, package_arn: str, wait_seconds: float) -> dict[str, Any]:
+    """Model, endpoint config, endpoint; then clean up once the endpoint serves the new config."""
+    package = client.describe_model_package(ModelPackageName=package_arn)
+    approved = package["ModelApprovalStatus"] == "Approved"
+    if not approved or package.get("ModelPackageGroupName") != settings.model_package_group:
+        log("INFO", "ignored: the package is no longer approved", model_package=package_arn)
+        return {"status": "ignored", "model_package": package_arn}
+    name = resource_name(settings.endpoint_name, package["ModelPackageVersion"])
+    ensure_model(client, settings, name, package)
+    ensure_endpoint_config(client, settings, name, package_arn)
+    action, endpoint = roll_out(client, settings, name)
+    result = {"status": action, "endpoint": settings.endpoint_name, "endpoint_config": name}
+    if action != "unchanged":
+        endpoint = wait_for_endpoint(client, settings.endpoint_name, wait_seconds)
+    status = endpoint["EndpointStatus"]
+    if status not in ("InService", "Failed"):
+        log("INFO", "deployment still running; clean-up left to the next invocation", **result, endpoint_status=status)
+        return {**result, "status": "in_progress"}
+    if action != "unchanged" and (status == "Failed" or endpoint["EndpointConfigName"] != name):
+        reason = endpoint.get("FailureReason", "no reason given")
+        raise DeploymentError(f"deployment of {name} to {settings.endpoint_name} failed or rolled back: {reason}")
+    if status == "InService" and endpoint["EndpointConfigName"] == name:
+        result["deleted"] = clean_up(client, settings, keep=name)
+    log("INFO", "deployment done", **result)
+    return result
+
+
+def sagemaker_client() -> Any:
+    return boto3.client("sagemaker", config=RETRY_CONFIG)
+
+
+def wait_budget(context: Any) -> float:
+    """Seconds this invocation may spend waiting for the endpoint."""
+    if context is None:
+        return WAIT_WITHOUT_CONTEXT_SECONDS
+    return max(0.0, context.get_remaining_time_in_millis() / 1000 - SAFETY_MARGIN_SECONDS)
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    """Lambda entry point. Raises on failure, so Lambda retries the event and the error shows in its metrics."""
+    settings = Settings.from_env(os.environ)
+    package_arn = approved_package(event, settings)
+    if package_arn is None:
+        return {"status": "ignored"}
+    log("INFO", "deploying approved model package", model_package=package_arn, endpoint=settings.endpoint_name)
+    try:
+        return deploy(sagemaker_client(), settings, package_arn, wait_budget(context))
+    except Exception as error:
+        log("ERROR", "deployment failed", model_package=package_arn, error=f"{type(error).__name__}: {error}")
+        raise
