@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import deploy_infra
 import pytest
 import yaml
 from botocore.stub import Stubber
 from moto import mock_aws
 
+import deploy_infra
 import handler
 from pipelines.config import load
 
