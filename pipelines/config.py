@@ -77,7 +77,7 @@ class Hyperparameters(Section):
     objective: Literal["binary:logistic"] = "binary:logistic"
     num_round: Annotated[int, Field(ge=1, le=10000)] = 500
     early_stopping_rounds: Annotated[int, Field(ge=1, le=1000)] = 20
-    max_depth: Annotated[int, Field(ge=1, le=20)] = 5
+    max_depth: Annotated[int, Field(ge=1, le=20)] = 3
     eta: Annotated[float, Field(gt=0, le=1.0)] = 0.1
     subsample: Annotated[float, Field(gt=0, le=1.0)] = 0.8
     colsample_bytree: Annotated[float, Field(gt=0, le=1.0)] = 0.8

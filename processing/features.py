@@ -176,7 +176,7 @@ def _parse_event_time(frame: pd.DataFrame) -> tuple[pd.Series, str | None]:
     raw = frame[EVENT_TIME].str.strip()
     numeric = pd.to_numeric(raw, errors="coerce")
     stamps = pd.to_datetime(raw.where(numeric.isna()), utc=True, errors="coerce", format="ISO8601")
-    seconds = numeric.fillna(stamps.astype("int64", copy=False).where(stamps.notna()) / 1e9)
+    seconds = numeric.fillna((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
     bad = seconds.isna()
     if bad.any():
         return seconds, (

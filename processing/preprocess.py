@@ -129,12 +129,12 @@ def prepare(args: argparse.Namespace) -> tuple[dict[Path, pd.DataFrame | dict], 
     """Everything the step writes, computed in memory: {relative path: table or JSON document}."""
     claims_raw = read_table(args.claims, "claims", CLAIMS_SCHEMA)
     customers_raw = read_table(args.customers, "customers", CUSTOMERS_SCHEMA)
+    claims_raw, claims_dropped = latest_per_policy(claims_raw, str(args.claims))
+    customers_raw, customers_dropped = latest_per_policy(customers_raw, str(args.customers))
     event_time = float(args.event_time if args.event_time is not None else round(time.time()))
     for table in (claims_raw, customers_raw):
         if EVENT_TIME not in table:
             table[EVENT_TIME] = event_time
-    claims_raw, claims_dropped = latest_per_policy(claims_raw, str(args.claims))
-    customers_raw, customers_dropped = latest_per_policy(customers_raw, str(args.customers))
     claims = encode(claims_raw, CLAIMS_SCHEMA)
     customers = encode(customers_raw, CUSTOMERS_SCHEMA)
     joined = join(claims, customers, str(args.claims))

@@ -1,0 +1,265 @@
+"""Evaluate the fraud model on the test split: evaluation.json (ModelQuality format) and curve plots.
+
+Runs in a SageMaker processing container (defaults under /opt/ml/processing) or bare:
+
+    python evaluation/evaluate.py --model model.tar.gz --test out/test --output-dir evaluation
+
+Writes, under the output directory:
+    evaluation.json               SageMaker Model Monitor's ModelQuality shape: binary_classification_metrics with
+                                  auc, pr_auc (average precision), precision, recall, f1, accuracy (each a value and
+                                  a bootstrap standard deviation) and the confusion matrix (actual -> predicted);
+                                  plus the decision threshold, recall at the top 5% of scores, test rows and fraud rate
+    roc_curve.png, precision_recall_curve.png
+
+The threshold is picked on the test scores: max_f1 (the F1-maximising score) or alert_rate (flag the
+highest-scoring `--alert-rate` of claims). Standard deviations come from 200 bootstrap resamples of the
+test rows (seed 0) at that fixed threshold. The output depends only on the inputs.
+
+Bad input exits with code 2 and a one-line message, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from matplotlib.figure import Figure
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+PROCESSING = Path("/opt/ml/processing")
+MODEL_FILE = "xgboost-model.json"
+TOP_FRACTION = 0.05
+BOOTSTRAP_RESAMPLES = 200
+BOOTSTRAP_SEED = 0
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file and the problem."""
+
+
+def _model_bytes_from_tar(path: Path) -> bytes:
+    """xgboost-model.json from a model.tar.gz as SageMaker writes it (the model directory's contents)."""
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            for member in archive.getmembers():
+                if member.isfile() and member.name.removeprefix("./") == MODEL_FILE:
+                    return archive.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise InputError(f"{path}: not a readable model archive ({error})") from None
+    raise InputError(f"{path}: the archive holds no {MODEL_FILE}")
+
+
+def load_model(path: Path) -> xgb.Booster:
+    """A model directory (xgboost-model.json, or a model.tar.gz in it) or a model.tar.gz file."""
+    if path.is_dir():
+        if (path / MODEL_FILE).is_file():
+            path = path / MODEL_FILE
+        elif (path / "model.tar.gz").is_file():
+            path = path / "model.tar.gz"
+        else:
+            raise InputError(f"{path}: holds neither {MODEL_FILE} nor model.tar.gz")
+    if not path.is_file():
+        raise InputError(f"{path}: model not found")
+    raw = path.read_bytes() if path.name == MODEL_FILE else _model_bytes_from_tar(path)
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(raw))
+    except xgb.core.XGBoostError as error:
+        raise InputError(f"{path}: not an XGBoost model ({str(error).splitlines()[0]})") from None
+    return booster
+
+
+def read_test(path: Path) -> tuple[np.ndarray, np.ndarray, Path]:
+    """Labels and features of the headerless test CSV (a file, or a directory with one CSV)."""
+    if path.is_dir():
+        files = sorted(path.glob("*.csv"))
+        if len(files) != 1:
+            raise InputError(f"{path}: expected exactly one .csv file, found {len(files)}")
+        path = files[0]
+    if not path.is_file():
+        raise InputError(f"{path}: test data not found")
+    try:
+        raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: the file is empty") from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise InputError(f"{path}: not a readable CSV file ({str(error).strip()})") from None
+    values = raw.apply(lambda column: pd.to_numeric(column.str.strip(), errors="coerce")).to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(f"{path}: line {row + 1}, column {col + 1}: not a finite number: {raw.iat[row, col]!r}")
+    labels = values[:, 0]
+    if not np.isin(labels, (0, 1)).all() or len(np.unique(labels)) < 2:
+        raise InputError(f"{path}: column 1 (the label) must be 0 or 1, with both classes present")
+    return labels.astype(int), values[:, 1:].astype(np.float32), path
+
+
+def top_count(fraction: float, rows: int) -> int:
+    """How many rows the top `fraction` holds (at least one)."""
+    return max(1, round(fraction * rows))
+
+
+def pick_threshold(labels: np.ndarray, scores: np.ndarray, method: str, alert_rate: float) -> dict:
+    """The decision threshold (predict fraud when score >= value) and how it was chosen."""
+    if method == "alert_rate":
+        value = float(np.sort(scores)[::-1][top_count(alert_rate, len(scores)) - 1])
+        return {"value": value, "method": method, "alert_rate": alert_rate}
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+    return {"value": float(thresholds[np.argmax(f1[:-1])]), "method": method}
+
+
+def counts(labels: np.ndarray, predicted: np.ndarray) -> tuple[int, int, int, int]:
+    """tn, fp, fn, tp."""
+    tp = int(np.sum(predicted & (labels == 1)))
+    fp = int(np.sum(predicted & (labels == 0)))
+    fn = int(np.sum(~predicted & (labels == 1)))
+    return len(labels) - tp - fp - fn, fp, fn, tp
+
+
+def recall_at_top(labels: np.ndarray, scores: np.ndarray, fraction: float = TOP_FRACTION) -> float:
+    """Share of the fraud found among the highest-scoring `fraction` of claims (ties broken by row order)."""
+    top = np.argsort(-scores, kind="stable")[: top_count(fraction, len(scores))]
+    return float(labels[top].sum() / labels.sum())
+
+
+def metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """The threshold-free and the thresholded metrics of one sample."""
+    tn, fp, fn, tp = counts(labels, scores >= threshold)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "auc": float(roc_auc_score(labels, scores)),
+        "pr_auc": float(average_precision_score(labels, scores)),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "accuracy": (tp + tn) / len(labels),
+        "recall_at_top_5_percent": recall_at_top(labels, scores),
+    }
+
+
+def bootstrap_std(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Standard deviation of each metric over seeded bootstrap resamples (those with both classes)."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    samples = []
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        rows = rng.integers(0, len(labels), len(labels))
+        if 0 < labels[rows].sum() < len(rows):
+            samples.append(metrics(labels[rows], scores[rows], threshold))
+    return {name: float(np.std([s[name] for s in samples], ddof=1)) for name in samples[0]}
+
+
+def evaluate(labels: np.ndarray, scores: np.ndarray, method: str, alert_rate: float) -> dict:
+    """The evaluation.json document."""
+    threshold = pick_threshold(labels, scores, method, alert_rate)
+    values = metrics(labels, scores, threshold["value"])
+    std = bootstrap_std(labels, scores, threshold["value"])
+    tn, fp, fn, tp = counts(labels, scores >= threshold["value"])
+    report = {name: {"value": round(values[name], 6), "standard_deviation": round(std[name], 6)} for name in values}
+    top = report.pop("recall_at_top_5_percent")
+    threshold["flagged_fraction"] = round((fp + tp) / len(labels), 6)
+    return {
+        "binary_classification_metrics": {
+            **report,
+            "confusion_matrix": {"0": {"0": tn, "1": fp}, "1": {"0": fn, "1": tp}},
+        },
+        "threshold": threshold,
+        "recall_at_top_5_percent": top,
+        "test_rows": len(labels),
+        "test_fraud_rate": round(float(labels.mean()), 6),
+        "standard_deviation_method": {"bootstrap_resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
+    }
+
+
+def _png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (matplotlib's Agg renderer; no pyplot state, no timestamp)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def plots(labels: np.ndarray, scores: np.ndarray, document: dict) -> dict[str, bytes]:
+    """ROC and precision-recall curves as PNG bytes, the operating point marked."""
+    summary = document["binary_classification_metrics"]
+    tn, fp = summary["confusion_matrix"]["0"].values()
+    fn, tp = summary["confusion_matrix"]["1"].values()
+    label = f"threshold {document['threshold']['value']:.3f}"
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    fpr, tpr, _ = roc_curve(labels, scores)
+    ax.plot(fpr, tpr, label=f"AUC {summary['auc']['value']:.3f}")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+    ax.scatter([fp / (fp + tn)], [tp / (tp + fn)], color="red", zorder=3, label=label)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curve")
+    ax.legend(loc="lower right")
+    roc = _png(fig)
+
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    ax.plot(recall, precision, label=f"average precision {summary['pr_auc']['value']:.3f}")
+    ax.axhline(labels.mean(), linestyle="--", color="grey", label="fraud rate")
+    ax.scatter([summary["recall"]["value"]], [summary["precision"]["value"]], color="red", zorder=3, label=label)
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall curve")
+    ax.legend(loc="upper right")
+    return {"roc_curve.png": roc, "precision_recall_curve.png": _png(fig)}
+
+
+def rate(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=PROCESSING / "model", help="model.tar.gz or model directory")
+    parser.add_argument("--test", type=Path, default=PROCESSING / "test", help="test CSV or its directory")
+    parser.add_argument("--output-dir", type=Path, default=PROCESSING / "evaluation")
+    parser.add_argument("--threshold-method", choices=("max_f1", "alert_rate"), default="max_f1")
+    parser.add_argument("--alert-rate", type=rate, default=0.05, help="share of claims flagged (alert_rate)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        booster = load_model(args.model)
+        labels, features, test_file = read_test(args.test)
+        if features.shape[1] != booster.num_features():
+            raise InputError(
+                f"{test_file}: {features.shape[1]} feature columns after the label, "
+                f"but the model expects {booster.num_features()}"
+            )
+    except InputError as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 2
+    scores = booster.predict(xgb.DMatrix(features, feature_names=booster.feature_names))
+    document = evaluate(labels, scores, args.threshold_method, args.alert_rate)
+    images = plots(labels, scores, document)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "evaluation.json").write_text(json.dumps(document, indent=2) + "\n")
+    for name, png in images.items():
+        (args.output_dir / name).write_bytes(png)
+    summary = document["binary_classification_metrics"]
+    print(f"test:auc={summary['auc']['value']:.6f} (+/- {summary['auc']['standard_deviation']:.6f})")
+    print(f"threshold={document['threshold']['value']:.6f} ({args.threshold_method}), f1={summary['f1']['value']:.6f}")
+    print(f"wrote evaluation.json, {', '.join(images)} under {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

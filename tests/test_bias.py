@@ -1,0 +1,131 @@
+"""processing/bias.py: Clarify-shaped pre-training bias metrics with smclarify, and the check that fails the step."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import run_script
+
+import bias
+
+METRICS = ["CI", "DPL", "JS", "KL", "KS", "LP", "TVD"]  # smclarify (and Clarify) order them by name
+THRESHOLDS = "DPL=0.1,KL=0.1,JS=0.05,TVD=0.1,KS=0.1"
+
+
+def run(dataset: Path, output: Path, *extra: str) -> int:
+    """bias.main, its failure message going to `message` beside the output directory."""
+    argv = ["--dataset", str(dataset), "--output-dir", str(output), "--message-file", str(output.parent / "message")]
+    return bias.main([*argv, *extra])
+
+
+def metrics(output: Path) -> dict[str, float]:
+    analysis = json.loads((output / "analysis.json").read_text())
+    [facet] = analysis["pre_training_bias_metrics"]["facets"]["customer_gender_female"]
+    return {m["name"]: m["value"] for m in facet["metrics"]}
+
+
+def write_dataset(path: Path, facet: list, label: list) -> Path:
+    pd.DataFrame({"policy_id": range(len(facet)), "fraud": label, "customer_gender_female": facet}).to_csv(
+        path, index=False
+    )
+    return path
+
+
+def test_generated_data_gets_every_metric_in_clarify_shape(splits, tmp_path):
+    output = tmp_path / "out"
+    assert run(splits / "headered", output, "--thresholds", "CI=1,DPL=1") == 0
+
+    analysis = json.loads((output / "analysis.json").read_text())
+    assert analysis["version"] == "1.0"
+    section = analysis["pre_training_bias_metrics"]
+    assert section["label"] == "fraud"
+    assert section["label_value_or_threshold"] == "1"
+    [facet] = section["facets"]["customer_gender_female"]
+    assert facet["value_or_threshold"] == "1"
+    assert [m["name"] for m in facet["metrics"]] == METRICS
+    assert all(set(m) == {"name", "description", "value"} and math.isfinite(m["value"]) for m in facet["metrics"])
+    assert facet["metrics"][0]["description"] == "Class Imbalance (CI)"
+    assert json.loads((output / "violations.json").read_text()) == {"version": "1.0", "violations": []}
+    assert "| DPL | Difference in Positive Proportions in Labels (DPL) |" in (output / "report.md").read_text()
+    assert not (tmp_path / "message").exists()
+
+
+def test_output_is_deterministic(splits, tmp_path):
+    for name in ("a", "b"):
+        assert run(splits / "headered" / "train.csv", tmp_path / name, "--thresholds", THRESHOLDS) in (0, 1)
+    for file in ("analysis.json", "violations.json", "report.md"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+def test_metric_values_follow_the_clarify_definitions(tmp_path):
+    # 30 rows: facet 1 has 10 rows, 5 of them fraud; facet 0 has 20 rows, 2 of them fraud
+    dataset = write_dataset(tmp_path / "d.csv", [1] * 10 + [0] * 20, [1] * 5 + [0] * 5 + [1] * 2 + [0] * 18)
+    assert run(dataset, tmp_path / "out") == 0
+    values = metrics(tmp_path / "out")
+    assert values["CI"] == pytest.approx((20 - 10) / 30)  # (n_a - n_d) / n
+    assert values["DPL"] == pytest.approx(2 / 20 - 5 / 10)  # q_a - q_d
+
+
+def test_strong_imbalance_fails_like_a_clarify_check(tmp_path):
+    dataset = write_dataset(tmp_path / "d.csv", [1] * 10 + [0] * 20, [1] * 5 + [0] * 5 + [1] * 2 + [0] * 18)
+    result = run_script(
+        "processing/bias.py",
+        "--dataset", str(dataset), "--output-dir", str(tmp_path / "out"), "--thresholds", THRESHOLDS,
+        "--message-file", str(tmp_path / "message"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "bias check failed: DPL (customer_gender_female=1) = -0.4, threshold 0.1" in result.stderr
+    assert (tmp_path / "message").read_text().startswith("bias check failed: DPL")
+    violations = json.loads((tmp_path / "out" / "violations.json").read_text())["violations"]
+    assert {v["metric_name"] for v in violations} == {"DPL", "KL", "JS", "TVD", "KS"}
+    dpl = next(v for v in violations if v["metric_name"] == "DPL")
+    assert dpl["value"] == pytest.approx(-0.4) and dpl["threshold"] == 0.1 and dpl["facet_value"] == "1"
+    assert metrics(tmp_path / "out")["DPL"] == pytest.approx(-0.4)
+    assert (
+        "| DPL | Difference in Positive Proportions in Labels (DPL) | -0.4 | 0.1 | VIOLATION |"
+        in (tmp_path / "out" / "report.md").read_text()
+    )
+
+
+def test_string_facet_column_is_supported(tmp_path):
+    # pandas 3 reads text as its string dtype, which smclarify cannot handle on its own
+    frame = pd.DataFrame({"fraud": [1, 0, 0, 0] * 10, "gender": ["female", "male"] * 20})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    assert run(tmp_path / "d.csv", tmp_path / "out", "--facet", "gender", "--facet-values", "female") == 0
+    analysis = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    [facet] = analysis["pre_training_bias_metrics"]["facets"]["gender"]
+    assert facet["value_or_threshold"] == "female"
+    assert {m["name"]: m["value"] for m in facet["metrics"]}["CI"] == 0
+
+
+FRAUD = {"fraud": [0, 1]}
+
+
+@pytest.mark.parametrize(
+    ("frame", "extra", "message"),
+    [
+        (pd.DataFrame(FRAUD), [], "missing column(s) customer_gender_female"),
+        (pd.DataFrame({**FRAUD, "customer_gender_female": [0, 0]}), [], "no row has facet value(s) [1]; values: ['0']"),
+        (pd.DataFrame({"fraud": [0, None], "customer_gender_female": [0, 1]}), [], "'fraud' has 1 empty value(s)"),
+        (
+            pd.DataFrame({**FRAUD, "customer_gender_female": [0, 1]}),
+            ["--metrics", "CI", "--thresholds", "DPL=0.1"],
+            "--thresholds names metric(s) not in --metrics: DPL",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_error(tmp_path, capsys, frame, extra, message):
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    assert run(tmp_path / "d.csv", tmp_path / "out", *extra) == 2
+    assert message in capsys.readouterr().err
+    assert message in (tmp_path / "message").read_text()
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dataset_exits_2(tmp_path, capsys):
+    assert run(tmp_path / "nowhere.csv", tmp_path / "out") == 2
+    assert "nowhere.csv: file not found" in capsys.readouterr().err

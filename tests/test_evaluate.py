@@ -1,0 +1,171 @@
+"""evaluation/evaluate.py: evaluation.json, thresholds, model inputs, determinism and bad input."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import files_under, run_script
+
+import evaluate
+
+METRICS = ("auc", "pr_auc", "precision", "recall", "f1", "accuracy")
+OUTPUTS = ["evaluation.json", "precision_recall_curve.png", "roc_curve.png"]
+
+
+def run(model: Path, test: Path, output: Path, *extra: str) -> int:
+    return evaluate.main(["--model", str(model), "--test", str(test), "--output-dir", str(output), *extra])
+
+
+def document(output: Path) -> dict:
+    return json.loads((output / "evaluation.json").read_text())
+
+
+def model_tar(model_dir: Path, path: Path, prefix: str = "") -> Path:
+    """model.tar.gz as SageMaker writes it: the model directory's files at the top (or under `prefix`)."""
+    with tarfile.open(path, "w:gz") as archive:
+        for file in sorted(model_dir.iterdir()):
+            archive.add(file, arcname=prefix + file.name)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained: tuple[Path, str], splits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """evaluate.py run bare on the fixture model's model.tar.gz, with the default threshold method."""
+    work = tmp_path_factory.mktemp("evaluation")
+    tar = model_tar(trained[0], work / "model.tar.gz")
+    result = run_script(
+        "evaluation/evaluate.py", "--model", str(tar), "--test", str(splits / "test"), "--output-dir", str(work / "out")
+    )
+    assert result.returncode == 0, result.stderr
+    return work / "out"
+
+
+def test_writes_model_quality_document_and_plots(evaluated: Path, splits: Path) -> None:
+    assert [p.name for p in files_under(evaluated)] == OUTPUTS
+    for png in OUTPUTS[1:]:
+        assert (evaluated / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    report = document(evaluated)
+    manifest = json.loads((splits / "manifest/manifest.json").read_text())["splits"]["test"]
+    metrics = report["binary_classification_metrics"]
+    for name in METRICS:
+        assert set(metrics[name]) == {"value", "standard_deviation"}
+        assert 0 <= metrics[name]["value"] <= 1
+        assert 0 < metrics[name]["standard_deviation"] < 0.5
+    assert metrics["auc"]["value"] > 0.6
+    matrix = metrics["confusion_matrix"]
+    cells = [matrix[actual][predicted] for actual in "01" for predicted in "01"]
+    assert sum(cells) == report["test_rows"] == manifest["rows"]
+    assert matrix["1"]["0"] + matrix["1"]["1"] == round(report["test_fraud_rate"] * report["test_rows"])
+    assert report["test_fraud_rate"] == pytest.approx(manifest["fraud_rate"], abs=1e-6)
+    tp, fp = matrix["1"]["1"], matrix["0"]["1"]
+    assert metrics["precision"]["value"] == pytest.approx(tp / (tp + fp), abs=1e-6)
+    assert report["threshold"]["method"] == "max_f1"
+    assert 0 < report["threshold"]["value"] < 1
+    assert 0 <= report["recall_at_top_5_percent"]["value"] <= 1
+
+
+def test_auc_on_validation_equals_the_one_training_reported(
+    trained: tuple[Path, str], splits: Path, tmp_path: Path
+) -> None:
+    assert run(trained[0], splits / "validation", tmp_path) == 0
+    reported = json.loads((trained[0] / "features.json").read_text())["metrics"]["validation:auc"]
+    assert document(tmp_path)["binary_classification_metrics"]["auc"]["value"] == pytest.approx(reported, abs=1e-5)
+
+
+def test_alert_rate_flags_that_share(trained: tuple[Path, str], splits: Path, evaluated: Path, tmp_path: Path) -> None:
+    assert run(trained[0], splits / "test", tmp_path, "--threshold-method", "alert_rate", "--alert-rate", "0.1") == 0
+    report = document(tmp_path)
+    matrix = report["binary_classification_metrics"]["confusion_matrix"]
+    flagged = (matrix["0"]["1"] + matrix["1"]["1"]) / report["test_rows"]
+    assert report["threshold"] == {
+        "value": report["threshold"]["value"],
+        "method": "alert_rate",
+        "alert_rate": 0.1,
+        "flagged_fraction": pytest.approx(flagged, abs=1e-6),
+    }
+    assert flagged == pytest.approx(0.1, abs=0.005)
+    best_f1 = document(evaluated)["binary_classification_metrics"]["f1"]["value"]
+    assert report["binary_classification_metrics"]["f1"]["value"] <= best_f1
+    assert report["binary_classification_metrics"]["auc"] == document(evaluated)["binary_classification_metrics"]["auc"]
+
+
+@pytest.mark.parametrize("form", ["directory", "tar.gz with ./ prefix", "directory holding model.tar.gz"])
+def test_model_forms_give_the_same_result(
+    form: str, trained: tuple[Path, str], splits: Path, evaluated: Path, tmp_path: Path
+) -> None:
+    model = trained[0]
+    if form == "tar.gz with ./ prefix":
+        model = model_tar(model, tmp_path / "prefixed.tar.gz", prefix="./")
+    elif form == "directory holding model.tar.gz":
+        (tmp_path / "model").mkdir()
+        model = model_tar(model, tmp_path / "model/model.tar.gz").parent
+    assert run(model, splits / "test/test.csv", tmp_path / "out") == 0
+    assert [p.read_bytes() for p in files_under(tmp_path / "out")] == [p.read_bytes() for p in files_under(evaluated)]
+
+
+def test_threshold_helpers() -> None:
+    labels = np.array([0, 1, 0, 0, 1, 0, 0, 0, 0, 1])
+    scores = np.array([0.1, 0.9, 0.8, 0.2, 0.7, 0.3, 0.1, 0.0, 0.2, 0.05])
+    assert evaluate.pick_threshold(labels, scores, "max_f1", 0.05)["value"] == 0.7
+    assert evaluate.pick_threshold(labels, scores, "alert_rate", 0.2)["value"] == 0.8
+    assert evaluate.recall_at_top(labels, scores, 0.2) == pytest.approx(1 / 3)
+    assert evaluate.counts(labels, scores >= 0.7) == (6, 1, 1, 2)
+
+
+def broken(case: str, trained: tuple[Path, str], splits: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(model, test) paths with one defect."""
+    model, test = trained[0], splits / "test"
+    lines = (test / "test.csv").read_text().splitlines()
+    if case == "missing model":
+        model = tmp_path / "absent"
+    elif case == "corrupt tar":
+        model = tmp_path / "model.tar.gz"
+        model.write_bytes(model_tar(trained[0], tmp_path / "good.tar.gz").read_bytes()[:200])
+    elif case == "tar without model":
+        model = tmp_path / "model.tar.gz"
+        with tarfile.open(model, "w:gz") as archive:
+            archive.add(trained[0] / "features.json", arcname="features.json")
+    elif case == "not a model":
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "xgboost-model.json").write_text('{"learner": 1}')
+    elif case == "empty test":
+        test = tmp_path / "test.csv"
+        test.write_bytes(b"")
+    elif case == "missing test":
+        test = tmp_path / "nowhere"
+    elif case == "fewer columns":
+        test = tmp_path / "test.csv"
+        test.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    elif case == "non-numeric":
+        test = tmp_path / "test.csv"
+        test.write_text("\n".join([lines[0], "x" + lines[1][1:], *lines[2:]]) + "\n")
+    return model, test
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing model", "absent: model not found"),
+        ("corrupt tar", "model.tar.gz: not a readable model archive"),
+        ("tar without model", "model.tar.gz: the archive holds no xgboost-model.json"),
+        ("not a model", "xgboost-model.json: not an XGBoost model"),
+        ("empty test", "test.csv: the file is empty"),
+        ("missing test", "nowhere: test data not found"),
+        ("fewer columns", "test.csv: 44 feature columns after the label, but the model expects 45"),
+        ("non-numeric", "test.csv: line 2, column 1: not a finite number: 'x'"),
+    ],
+)
+def test_bad_input(
+    case: str, message: str, trained: tuple[Path, str], splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model, test = broken(case, trained, splits, tmp_path)
+    assert run(model, test, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert files_under(tmp_path / "out") == []

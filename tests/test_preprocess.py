@@ -1,0 +1,194 @@
+"""processing/preprocess.py: generated data end to end, the splits, determinism and contract violations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROWS, files_under, run_script
+
+import preprocess
+from features import FEATURES
+from pipelines.synthetic_data import generate
+
+SPLITS = ("train", "validation", "test")
+EXPECTED_FILES = [
+    "features/claims.csv",
+    "features/customers.csv",
+    "headered/test.csv",
+    "headered/train.csv",
+    "headered/validation.csv",
+    "manifest/manifest.json",
+    "test/test.csv",
+    "train/train.csv",
+    "validation/validation.csv",
+]
+
+
+def run(claims: Path, customers: Path, out: Path, *extra: str) -> int:
+    return preprocess.main(
+        ["--claims", str(claims), "--customers", str(customers), "--output-dir", str(out), "--event-time", "0", *extra]
+    )
+
+
+def headered(splits: Path) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_csv(splits / f"headered/{name}.csv") for name in SPLITS}
+
+
+def test_writes_every_output(splits: Path) -> None:
+    assert [p.relative_to(splits).as_posix() for p in files_under(splits)] == EXPECTED_FILES
+    manifest = json.loads((splits / "manifest/manifest.json").read_text())
+    assert manifest["features"] == FEATURES
+    assert sum(s["rows"] for s in manifest["splits"].values()) == ROWS
+    for name, table in headered(splits).items():
+        assert list(table.columns) == ["policy_id", "fraud", *FEATURES]
+        bare = pd.read_csv(splits / f"{name}/{name}.csv", header=None)
+        assert bare.to_numpy().tolist() == table.drop(columns="policy_id").to_numpy().tolist()
+        assert manifest["splits"][name]["rows"] == len(table)
+
+
+def test_split_sizes_and_no_policy_in_two_splits(splits: Path) -> None:
+    tables = headered(splits)
+    ids = [set(table["policy_id"]) for table in tables.values()]
+    assert sum(len(s) for s in ids) == ROWS == len(set.union(*ids))
+    assert [len(t) for t in tables.values()] == [round(ROWS * 0.7), round(ROWS * 0.15), round(ROWS * 0.15)]
+
+
+def test_stratification_keeps_the_fraud_rate(splits: Path, raw_data: dict[str, Path]) -> None:
+    overall = pd.read_csv(raw_data["claims"])["fraud"].mean()
+    for table in headered(splits).values():
+        assert table["fraud"].mean() == pytest.approx(overall, abs=0.003)
+
+
+def test_none_and_na_categories_survive(splits: Path, raw_data: dict[str, Path]) -> None:
+    raw = pd.read_csv(raw_data["claims"], dtype=str, keep_default_na=False)
+    claims = pd.read_csv(splits / "features/claims.csv")
+    for column, value, feature in [
+        ("authorities_contacted", "None", "authorities_contacted_none"),
+        ("driver_relationship", "N/A", "driver_relationship_na"),
+        ("collision_type", "N/A", "collision_type_na"),
+    ]:
+        assert (raw[column] == value).sum() > 0
+        assert claims[feature].sum() == (raw[column] == value).sum()
+    assert not claims.isna().any().any()
+
+
+def test_same_seed_gives_byte_identical_outputs(raw_data: dict[str, Path], splits: Path, tmp_path: Path) -> None:
+    assert run(raw_data["claims"], raw_data["customers"], tmp_path) == 0
+    assert [p.read_bytes() for p in files_under(tmp_path)] == [p.read_bytes() for p in files_under(splits)]
+
+
+def test_bare_run_from_a_shell(raw_data: dict[str, Path], splits: Path, tmp_path: Path) -> None:
+    args = ["--claims", str(raw_data["claims"]), "--customers", str(raw_data["customers"])]
+    result = run_script("processing/preprocess.py", *args, "--output-dir", str(tmp_path), "--event-time", "0")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "train/train.csv").read_bytes() == (splits / "train/train.csv").read_bytes()
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> dict[str, pd.DataFrame]:
+    """A small raw data set as string tables, for tests to break and write with `write`."""
+    claims, customers = generate(300, 11, tmp_path / "raw")
+    read = {"dtype": str, "keep_default_na": False}
+    return {"claims": pd.read_csv(claims, **read), "customers": pd.read_csv(customers, **read)}
+
+
+def write(tables: dict[str, pd.DataFrame], directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        table.to_csv(directory / f"{name}.csv", index=False)
+    return directory / "claims.csv", directory / "customers.csv"
+
+
+def duplicate_first_policy(claims: pd.DataFrame, times: tuple[str, str] | None) -> pd.DataFrame:
+    """Claims with policy 1 twice (the copy with another incident_hour), with event times when given."""
+    copy = claims.iloc[[0]].assign(incident_hour=str((int(claims.at[0, "incident_hour"]) + 1) % 24))
+    claims = pd.concat([claims, copy], ignore_index=True)
+    if times is not None:
+        claims["event_time"] = "100"
+        claims.loc[[0, len(claims) - 1], "event_time"] = list(times)
+    return claims
+
+
+BREAKS = {
+    "missing column": ("claims", lambda t: t.drop(columns="num_witnesses"), ["missing column(s) num_witnesses"]),
+    "unknown category": ("claims", lambda t: t.assign(incident_type="Flood"), ["'incident_type'", "'Flood'"]),
+    "non-numeric value": (
+        "customers",
+        lambda t: t.assign(customer_age=["abc", *t["customer_age"][1:]]),
+        ["'customer_age'", "line 2: 'abc'"],
+    ),
+    "value out of range": ("claims", lambda t: t.assign(incident_hour="24"), ["'incident_hour'", "in [0, 23]"]),
+    "label not 0/1": ("claims", lambda t: t.assign(fraud="2"), ["'fraud'"]),
+    "header-only file": ("customers", lambda t: t.iloc[:0], ["no data rows"]),
+    "duplicates at the same event time": (
+        "claims",
+        lambda t: duplicate_first_policy(t, ("200", "200")),
+        ["'policy_id'", "latest row is ambiguous"],
+    ),
+    "duplicates without event time": (
+        "claims",
+        lambda t: duplicate_first_policy(t, None),
+        ["'policy_id'", "there is no 'event_time' column"],
+    ),
+    "claim without customer": (
+        "claims",
+        lambda t: pd.concat([t, t.iloc[[0]].assign(policy_id="99999")], ignore_index=True),
+        ["'policy_id'", "no customer", "99999"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BREAKS))
+def test_contract_violation(
+    case: str, small: dict[str, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    table, damage, expected = BREAKS[case]
+    claims, customers = write({**small, table: damage(small[table])}, tmp_path / "in")
+    out = tmp_path / "out"
+    assert run(claims, customers, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(tmp_path / "in" / f"{table}.csv") in err
+    for text in expected:
+        assert text in err
+    assert files_under(out) == []
+
+
+@pytest.mark.parametrize("case", ["empty file", "missing file"])
+def test_unreadable_file(
+    case: str, small: dict[str, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    claims, customers = write(small, tmp_path / "in")
+    if case == "empty file":
+        customers.write_bytes(b"")
+    else:
+        customers.unlink()
+    assert run(claims, customers, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"preprocess: error: {customers}: ")
+    assert len(err.splitlines()) == 1
+    assert files_under(tmp_path / "out") == []
+
+
+def test_duplicates_keep_the_latest_event_time(small: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    claims = duplicate_first_policy(small["claims"], ("300", "200"))
+    claims_path, customers_path = write({**small, "claims": claims}, tmp_path / "in")
+    assert run(claims_path, customers_path, tmp_path / "out") == 0
+    features = pd.read_csv(tmp_path / "out/features/claims.csv")
+    kept = features[features["policy_id"] == 1]
+    assert len(kept) == 1
+    assert (kept["event_time"].item(), kept["incident_hour"].item()) == (300.0, int(claims.at[0, "incident_hour"]))
+    manifest = json.loads((tmp_path / "out/manifest/manifest.json").read_text())
+    assert manifest["inputs"]["claims"] == {"rows": 301, "duplicates_dropped": 1}
+    assert manifest["splits"]["train"]["rows"] + manifest["splits"]["validation"]["rows"] == 300 - round(300 * 0.15)
+
+
+def test_iso_event_times_become_epoch_seconds(small: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    customers = small["customers"].assign(event_time="2024-01-01T00:00:00Z")
+    claims_path, customers_path = write({**small, "customers": customers}, tmp_path / "in")
+    assert run(claims_path, customers_path, tmp_path / "out") == 0
+    event_times = pd.read_csv(tmp_path / "out/features/customers.csv")["event_time"]
+    assert (event_times == 1_704_067_200.0).all()

@@ -1,0 +1,250 @@
+"""training/train.py: the SageMaker training contract, determinism and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import xgboost as xgb
+import yaml
+from conftest import files_under, run_script
+
+import train
+from features import FEATURES
+
+FINAL_AUC = r"^{}:auc=([0-9\.]+)$"
+TUNER_REGEX = r"{}:auc=([0-9\.]+)"  # as pipelines/pipeline.py's metric definitions read the log
+
+
+def run(
+    splits: Path, model_dir: Path, *extra: str, hyperparameters: dict | list | None = None, tmp: Path | None = None
+) -> int:
+    """train.main on the fixture's splits; hyperparameters, when given, go to a hyperparameters.json."""
+    config = Path("/nonexistent/hyperparameters.json")
+    if hyperparameters is not None:
+        config = tmp / "hyperparameters.json"
+        config.write_text(json.dumps(hyperparameters))
+    argv = ["--train", str(splits / "train"), "--validation", str(splits / "validation")]
+    argv += ["--model-dir", str(model_dir), "--hyperparameters-file", str(config), "--verbose", "0"]
+    return train.main([*argv, *extra])
+
+
+def saved(model_dir: Path) -> dict:
+    return json.loads((model_dir / "features.json").read_text())
+
+
+def test_writes_model_and_prints_tuner_metrics(trained: tuple[Path, str]) -> None:
+    model_dir, stdout = trained
+    assert sorted(p.name for p in model_dir.iterdir()) == ["features.json", "xgboost-model.json"]
+    assert json.loads((model_dir / "xgboost-model.json").read_text())["learner"]["gradient_booster"]
+    description = saved(model_dir)
+    for name in ("train", "validation"):
+        final = re.findall(FINAL_AUC.format(name), stdout, re.MULTILINE)
+        seen_by_tuner = re.findall(TUNER_REGEX.format(name), stdout)
+        assert len(final) == 1
+        assert len(seen_by_tuner) == description["best_iteration"] + 1 + train.DEFAULTS["early_stopping_rounds"] + 1
+        assert seen_by_tuner[-1] == final[0]
+        assert float(final[0]) == pytest.approx(description["metrics"][f"{name}:auc"], abs=1e-6)
+    assert description["metrics"]["validation:auc"] > 0.6
+    assert description["metrics"]["train:auc"] >= description["metrics"]["validation:auc"]
+    assert description["features"] == FEATURES
+    assert description["label"] == "fraud"
+    assert description["hyperparameters"] == train.DEFAULTS
+    assert 0 <= description["best_iteration"] < train.DEFAULTS["num_round"]
+
+
+def test_defaults_match_pipeline_yaml() -> None:
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "pipeline.yaml").read_text())
+    assert config["training"]["hyperparameters"] == train.DEFAULTS
+
+
+def test_saved_model_is_cut_at_best_iteration(trained: tuple[Path, str]) -> None:
+    model_dir, _ = trained
+    booster = xgb.Booster(model_file=str(model_dir / "xgboost-model.json"))
+    assert booster.num_boosted_rounds() == saved(model_dir)["best_iteration"] + 1
+    assert booster.feature_names == FEATURES
+
+
+def test_hyperparameters_from_file_as_sagemaker_writes_them(splits: Path, tmp_path: Path) -> None:
+    hyperparameters = {
+        "max_depth": "3",
+        "eta": "0.3",
+        "objective": '"binary:logistic"',
+        "num_round": "40",
+        "sagemaker_program": '"train.py"',
+        "_tuning_objective_metric": "validation:auc",
+    }
+    assert run(splits, tmp_path / "model", hyperparameters=hyperparameters, tmp=tmp_path) == 0
+    used = saved(tmp_path / "model")["hyperparameters"]
+    assert (used["max_depth"], used["eta"], used["num_round"]) == (3, 0.3, 40)
+    assert used["subsample"] == train.DEFAULTS["subsample"]
+
+
+def test_flags_override_file(splits: Path, tmp_path: Path) -> None:
+    code = run(
+        splits,
+        tmp_path / "model",
+        "--max_depth",
+        "4",
+        "--eta=0.25",
+        "--min-child-weight",
+        "2",
+        hyperparameters={"max_depth": "3", "eta": "0.3"},
+        tmp=tmp_path,
+    )
+    assert code == 0
+    used = saved(tmp_path / "model")["hyperparameters"]
+    assert (used["max_depth"], used["eta"], used["min_child_weight"]) == (4, 0.25, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "file", "message"),
+    [
+        ([], {"max_dept": "3"}, "unknown hyperparameter 'max_dept'"),
+        (["--learning_rate", "0.1"], None, "unknown hyperparameter 'learning_rate'"),
+        (["--max_depth", "deep"], None, "hyperparameter max_depth: 'deep' is not int"),
+        (["--max_depth", "2.5"], None, "hyperparameter max_depth"),
+        (["--eta", "0"], None, "hyperparameter eta: '0' is not in (0, 1]"),
+        (["--objective", "reg:squarederror"], None, "hyperparameter objective"),
+        (["--eta"], None, "--eta has no value"),
+    ],
+)
+def test_bad_hyperparameters(
+    splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], file: dict | None, message: str
+) -> None:
+    assert run(splits, tmp_path / "model", *flags, hyperparameters=file, tmp=tmp_path) == 2
+    assert message in capsys.readouterr().err
+    assert files_under(tmp_path / "model") == []
+
+
+def test_same_seed_gives_byte_identical_model_whatever_the_thread_count(
+    splits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outputs = []
+    for nthread in (1, 4):
+        monkeypatch.setattr(train, "NTHREAD", nthread)
+        assert run(splits, tmp_path / str(nthread)) == 0
+        outputs.append([p.read_bytes() for p in files_under(tmp_path / str(nthread))])
+    assert outputs[0] == outputs[1]
+
+
+def test_other_seed_gives_another_model(splits: Path, tmp_path: Path, trained: tuple[Path, str]) -> None:
+    assert run(splits, tmp_path, "--seed", "43") == 0
+    model = (tmp_path / "xgboost-model.json").read_bytes()
+    assert model != (trained[0] / "xgboost-model.json").read_bytes()
+
+
+def copy_splits(splits: Path, target: Path) -> Path:
+    """train/ and validation/ of the splits, without the manifest."""
+    for split in ("train", "validation"):
+        shutil.copytree(splits / split, target / split)
+    return target
+
+
+def test_feature_names(splits: Path, tmp_path: Path) -> None:
+    data = copy_splits(splits, tmp_path / "data")
+    assert run(data, tmp_path / "unnamed") == 0
+    assert saved(tmp_path / "unnamed")["features"] == [f"f{i}" for i in range(len(FEATURES))]
+    assert run(data, tmp_path / "named", "--features-file", str(splits / "manifest/manifest.json")) == 0
+    assert saved(tmp_path / "named")["features"] == FEATURES
+
+
+@pytest.mark.parametrize("place", ["train", ".", "manifest"])
+def test_manifest_found_near_the_train_channel(splits: Path, tmp_path: Path, place: str) -> None:
+    data = copy_splits(splits, tmp_path / "data")
+    (data / place).mkdir(exist_ok=True)
+    shutil.copy(splits / "manifest/manifest.json", data / place)
+    assert run(data, tmp_path / "model") == 0
+    assert saved(tmp_path / "model")["features"] == FEATURES
+
+
+def test_container_entry_point_argument(splits: Path, tmp_path: Path) -> None:
+    assert run(splits, tmp_path / "model", "train", "--max_depth", "3") == 0
+    assert saved(tmp_path / "model")["hyperparameters"]["max_depth"] == 3
+
+
+def test_failure_file(splits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "output").mkdir()
+    monkeypatch.setattr(train, "FAILURE_FILE", tmp_path / "output/failure")
+    assert run(splits, tmp_path / "model", "--colour", "red") == 2
+    assert "unknown hyperparameter 'colour'" in (tmp_path / "output/failure").read_text()
+
+
+def break_train(splits: Path, tmp_path: Path, case: str) -> Path:
+    """A copy of the splits with one defect in train/train.csv (or validation); returns the copy."""
+    copy_splits(splits, tmp_path)
+    path = tmp_path / "train/train.csv"
+    lines = path.read_text().splitlines()
+    if case == "missing channel":
+        shutil.rmtree(tmp_path / "train")
+    elif case == "no csv":
+        path.unlink()
+    elif case == "empty file":
+        path.write_bytes(b"")
+    elif case == "non-numeric":
+        cells = lines[2].split(",")
+        cells[5] = "abc"
+        path.write_text("\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n")
+    elif case == "empty cell":
+        path.write_text("\n".join([lines[0].rsplit(",", 1)[0] + ",", *lines[1:]]) + "\n")
+    elif case == "label not 0/1":
+        path.write_text("\n".join(["2" + lines[0][1:], *lines[1:]]) + "\n")
+    elif case == "ragged rows":
+        path.write_text("\n".join([*lines[:3], lines[3] + ",1", *lines[4:]]) + "\n")
+    elif case == "column count differs":
+        path.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
+    elif case == "one class in validation":
+        validation = tmp_path / "validation/validation.csv"
+        rows = [line for line in validation.read_text().splitlines() if line.startswith("0,")]
+        validation.write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing channel", "channel 'train' not found"),
+        ("no csv", "holds no .csv file"),
+        ("empty file", "train.csv: the file is empty"),
+        ("non-numeric", "train.csv: line 3, column 6: not a finite number: 'abc'"),
+        ("empty cell", "train.csv: line 1, column 46: not a finite number: ''"),
+        ("label not 0/1", "train.csv: line 1, column 1 (label fraud): expected 0 or 1, got '2'"),
+        ("ragged rows", "train.csv: not a readable CSV file (Error tokenizing data. C error: Expected 46 fields"),
+        ("column count differs", "validation: 46 columns, but the train channel"),
+        ("one class in validation", "channel 'validation' needs both labels"),
+    ],
+)
+def test_bad_input(splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture, case: str, message: str) -> None:
+    data = break_train(splits, tmp_path / "data", case)
+    model_dir = tmp_path / "model"
+    assert run(data, model_dir) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert files_under(model_dir) == []
+
+
+def test_manifest_that_does_not_fit(splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"features": FEATURES[:-1]}))
+    assert run(splits, tmp_path / "model", "--manifest", str(manifest)) == 2
+    assert "does not name the data's 45 feature columns" in capsys.readouterr().err
+    assert files_under(tmp_path / "model") == []
+
+
+def test_bare_run_reports_bad_input_on_one_line(tmp_path: Path) -> None:
+    result = run_script("training/train.py", "--train", str(tmp_path / "nowhere"), "--model-dir", str(tmp_path / "m"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"train: error: {tmp_path / 'nowhere'}: channel 'train' not found"]
+    assert files_under(tmp_path / "m") == []
+
+
+def test_hyperparameters_file_that_is_not_an_object(
+    splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert run(splits, tmp_path / "model", hyperparameters=[1, 2], tmp=tmp_path) == 2
+    assert "hyperparameters.json: expected a JSON object" in capsys.readouterr().err
+    assert files_under(tmp_path / "model") == []

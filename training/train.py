@@ -1,0 +1,334 @@
+"""Train the fraud model: XGBoost with early stopping on validation AUC.
+
+Runs in a SageMaker training container or bare:
+
+    python training/train.py --train out/train --validation out/validation --manifest out/manifest \
+        --model-dir model --max_depth 4
+
+Inputs follow the SageMaker training contract, each overridable by a flag:
+    hyperparameters  /opt/ml/input/config/hyperparameters.json (values are strings, as SageMaker writes them),
+                     then `--name value` flags (as the SageMaker training toolkit passes them; flags win)
+    channels         SM_CHANNEL_TRAIN, SM_CHANNEL_VALIDATION (default /opt/ml/input/data/<channel>; CSV, label
+                     first, no header), and optionally SM_CHANNEL_MANIFEST (preprocess's manifest.json, for the
+                     feature names; also looked for next to the train channel, else the features are f0, f1, ...)
+    model            SM_MODEL_DIR (default /opt/ml/model): xgboost-model.json (XGBoost's JSON format, cut at the
+                     best iteration) and features.json
+
+Prints `train:auc=<v>` and `validation:auc=<v>` for a tuner's metric regex: every round, then, last,
+at the best iteration.
+Bad input exits with code 2 and a one-line message (also written to /opt/ml/output/failure when
+that directory exists), before anything is written to the model directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+LABEL = "fraud"
+CONFIG_FILE = Path("/opt/ml/input/config/hyperparameters.json")
+FAILURE_FILE = Path("/opt/ml/output/failure")
+MODEL_FILE = "xgboost-model.json"
+FEATURES_FILE = "features.json"
+MANIFEST_FILE = "manifest.json"
+IGNORED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
+NTHREAD = os.cpu_count() or 1
+"""The model does not depend on it: hist builds the same trees on 1 to 16 threads (tests/test_train.py checks)."""
+
+
+class Spec(NamedTuple):
+    kind: type
+    default: Any
+    valid: Callable[[Any], bool]
+    rule: str
+
+
+HYPERPARAMETERS: dict[str, Spec] = {
+    "objective": Spec(str, "binary:logistic", lambda v: v == "binary:logistic", "binary:logistic"),
+    "num_round": Spec(int, 500, lambda v: v >= 1, ">= 1"),
+    "early_stopping_rounds": Spec(int, 20, lambda v: v >= 1, ">= 1"),
+    "max_depth": Spec(int, 3, lambda v: 1 <= v <= 20, "in [1, 20]"),
+    "eta": Spec(float, 0.1, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "subsample": Spec(float, 0.8, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "colsample_bytree": Spec(float, 0.8, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "min_child_weight": Spec(float, 1.0, lambda v: v >= 0, ">= 0"),
+    "gamma": Spec(float, 0.0, lambda v: v >= 0, ">= 0"),
+    "scale_pos_weight": Spec(float, 1.0, lambda v: v > 0, "> 0"),
+    "seed": Spec(int, 42, lambda v: True, "an integer"),
+}
+DEFAULTS = {name: spec.default for name, spec in HYPERPARAMETERS.items()}
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file or hyperparameter and the problem."""
+
+
+class PrintAuc(xgb.callback.TrainingCallback):
+    """Prints `round=<i> train:auc=<v> validation:auc=<v>` every `period` rounds (the tuner's early stopping
+    reads them; the final lines, printed last, are the best iteration's)."""
+
+    def __init__(self, period: int) -> None:
+        super().__init__()
+        self.period = period
+
+    def after_iteration(self, model: xgb.Booster, epoch: int, evals_log: dict) -> bool:
+        if epoch % self.period == 0:
+            values = " ".join(f"{name}:auc={log['auc'][-1]:.6f}" for name, log in evals_log.items())
+            print(f"round={epoch} {values}", flush=True)
+        return False
+
+
+class Result(NamedTuple):
+    booster: xgb.Booster
+    best_iteration: int
+    train_auc: float
+    validation_auc: float
+
+
+def _convert(name: str, raw: Any) -> Any:
+    """One hyperparameter from its SageMaker string form ('5', '"binary:logistic"', '1e-2') to its type."""
+    spec = HYPERPARAMETERS[name]
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            pass
+    try:
+        if spec.kind is int:
+            number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            value = int(number)
+        else:
+            value = spec.kind(value)
+    except (TypeError, ValueError):
+        raise InputError(f"hyperparameter {name}: {raw!r} is not {spec.kind.__name__}") from None
+    if not spec.valid(value):
+        raise InputError(f"hyperparameter {name}: {raw!r} is not {spec.rule}")
+    return value
+
+
+def resolve_hyperparameters(*sources: dict[str, Any]) -> dict[str, Any]:
+    """Defaults, overridden by each source in turn; unknown names are an error (SageMaker's own keys are not)."""
+    resolved = dict(DEFAULTS)
+    for source in sources:
+        for name, value in source.items():
+            if name.startswith(IGNORED_PREFIXES):
+                continue
+            if name not in HYPERPARAMETERS:
+                raise InputError(f"unknown hyperparameter {name!r}; known: {', '.join(HYPERPARAMETERS)}")
+            resolved[name] = _convert(name, value)
+    return resolved
+
+
+def read_hyperparameters_file(path: Path) -> dict[str, Any]:
+    """hyperparameters.json as SageMaker writes it; {} when there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        content = json.loads(path.read_text())
+    except ValueError as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise InputError(f"{path}: expected a JSON object of hyperparameters")
+    return content
+
+
+def parse_flag_hyperparameters(extra: list[str]) -> dict[str, str]:
+    """`--name value` or `--name=value` pairs (dashes in names read as underscores)."""
+    flags: dict[str, str] = {}
+    items = iter(extra)
+    for item in items:
+        if not item.startswith("--"):
+            raise InputError(f"unexpected argument {item!r}; hyperparameters are passed as --name value")
+        name, has_value, value = item[2:].partition("=")
+        if not has_value:
+            value = next(items, None)
+            if value is None:
+                raise InputError(f"hyperparameter flag {item} has no value")
+        flags[name.replace("-", "_")] = value
+    return flags
+
+
+def _csv_files(path: Path, channel: str) -> list[Path]:
+    """A CSV file, or every *.csv in a channel directory (sorted)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise InputError(f"{path}: channel '{channel}' not found")
+    files = sorted(path.glob("*.csv"))
+    if not files:
+        raise InputError(f"{path}: channel '{channel}' holds no .csv file")
+    return files
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    """A headerless numeric CSV with the 0/1 label first, as float32."""
+    try:
+        raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: the file is empty") from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise InputError(f"{path}: not a readable CSV file ({str(error).strip()})") from None
+    if raw.shape[1] < 2:
+        raise InputError(f"{path}: expected the label and at least one feature, found {raw.shape[1]} column(s)")
+    values = raw.apply(lambda column: pd.to_numeric(column.str.strip(), errors="coerce")).to_numpy(np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(f"{path}: line {row + 1}, column {col + 1}: not a finite number: {raw.iat[row, col]!r}")
+    labels = values[:, 0]
+    not_binary = (labels != 0) & (labels != 1)
+    if not_binary.any():
+        row = int(np.flatnonzero(not_binary)[0])
+        raise InputError(f"{path}: line {row + 1}, column 1 (label {LABEL}): expected 0 or 1, got {raw.iat[row, 0]!r}")
+    return values.astype(np.float32)
+
+
+def read_channel(path: Path, channel: str) -> np.ndarray:
+    """All rows of a channel: label in column 0, features after it."""
+    files = _csv_files(path, channel)
+    parts = [_read_csv(file) for file in files]
+    for file, part in zip(files, parts, strict=True):
+        if part.shape[1] != parts[0].shape[1]:
+            raise InputError(f"{file}: {part.shape[1]} columns, but {files[0]} has {parts[0].shape[1]}")
+    data = np.concatenate(parts)
+    if len(np.unique(data[:, 0])) < 2:
+        raise InputError(f"{path}: channel '{channel}' needs both labels 0 and 1 to compute AUC")
+    return data
+
+
+def find_manifest(features_file: Path | None, manifest: Path | None, train: Path) -> Path | None:
+    """--features-file, else the manifest channel, else the first manifest.json found in the train channel,
+    next to it, or in a sibling `manifest` directory (preprocess's layout, and SageMaker's /opt/ml/input/data)."""
+    if features_file is not None:
+        return features_file
+    if manifest is not None:
+        return manifest / MANIFEST_FILE if manifest.is_dir() else manifest
+    channel = train if train.is_dir() else train.parent
+    candidates = [channel, channel.parent, channel.parent / "manifest"]
+    found = [d / MANIFEST_FILE for d in candidates if (d / MANIFEST_FILE).is_file()]
+    return found[0] if found else None
+
+
+def feature_names(manifest: Path | None, count: int) -> list[str]:
+    """The 'features' list of a manifest (preprocess's manifest.json, or a model's features.json), else f0, f1, ..."""
+    if manifest is None:
+        return [f"f{i}" for i in range(count)]
+    if not manifest.is_file():
+        raise InputError(f"{manifest}: feature list not found")
+    try:
+        names = json.loads(manifest.read_text())["features"]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{manifest}: expected a JSON object with a 'features' list") from None
+    if not isinstance(names, list) or len(names) != count:
+        raise InputError(f"{manifest}: its 'features' list does not name the data's {count} feature columns")
+    return [str(name) for name in names]
+
+
+def fit(
+    train: np.ndarray, validation: np.ndarray, names: list[str], hyperparameters: dict[str, Any], verbose: int = 0
+) -> Result:
+    """Train with early stopping on validation AUC, printing AUCs every `verbose` rounds (0: never);
+    the booster is cut at the best iteration."""
+    hp = dict(hyperparameters)
+    num_round, early_stopping_rounds = hp.pop("num_round"), hp.pop("early_stopping_rounds")
+    params = {**hp, "eval_metric": "auc", "tree_method": "hist", "nthread": NTHREAD}
+    dtrain = xgb.DMatrix(train[:, 1:], label=train[:, 0], feature_names=names)
+    dvalidation = xgb.DMatrix(validation[:, 1:], label=validation[:, 0], feature_names=names)
+    history: dict = {}
+    booster = xgb.train(
+        params,
+        dtrain,
+        num_boost_round=num_round,
+        evals=[(dtrain, "train"), (dvalidation, "validation")],
+        early_stopping_rounds=early_stopping_rounds,
+        evals_result=history,
+        verbose_eval=False,
+        callbacks=[PrintAuc(verbose)] if verbose else None,
+    )
+    best = booster.best_iteration
+    return Result(booster[: best + 1], best, history["train"]["auc"][best], history["validation"]["auc"][best])
+
+
+def save(result: Result, names: list[str], hyperparameters: dict[str, Any], model_dir: Path) -> None:
+    """xgboost-model.json and features.json in the model directory."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    result.booster.save_model(model_dir / MODEL_FILE)
+    description = {
+        "features": names,
+        "label": LABEL,
+        "best_iteration": result.best_iteration,
+        "hyperparameters": hyperparameters,
+        "metrics": {"train:auc": result.train_auc, "validation:auc": result.validation_auc},
+    }
+    (model_dir / FEATURES_FILE).write_text(json.dumps(description, indent=2) + "\n")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Path options, and the remaining arguments (`--name value` hyperparameter flags)."""
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--train", type=Path, default=env("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
+    parser.add_argument(
+        "--validation", type=Path, default=env("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation")
+    )
+    parser.add_argument(
+        "--manifest", type=Path, default=env("SM_CHANNEL_MANIFEST"), help="directory with preprocess's manifest.json"
+    )
+    parser.add_argument("--features-file", type=Path, help="a JSON file with a 'features' list (the feature names)")
+    parser.add_argument("--model-dir", type=Path, default=env("SM_MODEL_DIR", "/opt/ml/model"))
+    parser.add_argument("--hyperparameters-file", type=Path, default=CONFIG_FILE)
+    parser.add_argument("--verbose", type=int, default=1, help="print the AUCs every N rounds (0: never)")
+    args, extra = parser.parse_known_args(argv)
+    # `docker run IMAGE train` appends "train" when this script is the container's entry point
+    return args, extra[1:] if extra[:1] == ["train"] else extra
+
+
+def report_failure(message: str) -> None:
+    print(f"train: error: {message}", file=sys.stderr)
+    if FAILURE_FILE.parent.is_dir():
+        FAILURE_FILE.write_text(message + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse_args(argv)
+    try:
+        hyperparameters = resolve_hyperparameters(
+            read_hyperparameters_file(args.hyperparameters_file), parse_flag_hyperparameters(extra)
+        )
+        train = read_channel(args.train, "train")
+        validation = read_channel(args.validation, "validation")
+        if train.shape[1] != validation.shape[1]:
+            raise InputError(
+                f"{args.validation}: {validation.shape[1]} columns, but the train channel {args.train} has "
+                f"{train.shape[1]}"
+            )
+        manifest = find_manifest(args.features_file, args.manifest, args.train)
+        names = feature_names(manifest, train.shape[1] - 1)
+    except InputError as error:
+        report_failure(str(error))
+        return 2
+    print(f"hyperparameters: {json.dumps(hyperparameters, sort_keys=True)}")
+    print(f"train: {len(train)} rows, validation: {len(validation)} rows, {len(names)} features")
+    result = fit(train, validation, names, hyperparameters, args.verbose)
+    print(f"best_iteration={result.best_iteration}")
+    print(f"train:auc={result.train_auc:.6f}")
+    print(f"validation:auc={result.validation_auc:.6f}", flush=True)
+    save(result, names, hyperparameters, args.model_dir)
+    print(f"wrote {args.model_dir / MODEL_FILE} and {args.model_dir / FEATURES_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
