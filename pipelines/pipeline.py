@@ -63,6 +63,10 @@ def project_root() -> Iterator[None]:
         os.chdir(previous)
 
 
+STAGED_WITH = {"training": ("serving/serve.py", "processing/features.py")}
+"""Files staged beside a step's own: train.py puts the serving code into the model artifact."""
+
+
 def stage_code(folder: str) -> str:
     """Copy a step's Python files (no __pycache__) to build/code/<folder>; returns that relative path.
 
@@ -72,7 +76,8 @@ def stage_code(folder: str) -> str:
     target = ROOT / STAGING / folder
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    for source in sorted((ROOT / folder).glob("*.py")):
+    sources = sorted((ROOT / folder).glob("*.py")) + [ROOT / extra for extra in STAGED_WITH.get(folder, ())]
+    for source in sources:
         shutil.copy2(source, target / source.name)
     return str(STAGING / folder)
 

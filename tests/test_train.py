@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import xgboost as xgb
 import yaml
-from conftest import files_under, run_script
+from conftest import ROOT, files_under, run_script
 
 import train
 from features import FEATURES
@@ -248,3 +250,36 @@ def test_hyperparameters_file_that_is_not_an_object(
     assert run(splits, tmp_path / "model", hyperparameters=[1, 2], tmp=tmp_path) == 2
     assert "hyperparameters.json: expected a JSON object" in capsys.readouterr().err
     assert files_under(tmp_path / "model") == []
+
+
+def test_serving_code_staged_beside_the_script_goes_into_the_model(splits: Path, tmp_path: Path) -> None:
+    """The pipeline stages serve.py and features.py with train.py; the model artifact then carries them."""
+    from pipelines.pipeline import stage_code
+
+    staged = ROOT / stage_code("training")
+    model_dir = tmp_path / "model"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(staged / "train.py"),
+            "--train",
+            str(splits / "train"),
+            "--validation",
+            str(splits / "validation"),
+            "--model-dir",
+            str(model_dir),
+            "--num_round",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("serve.py", "features.py"):
+        assert (model_dir / "code" / name).read_bytes() == (staged / name).read_bytes()
+    assert not (model_dir / "code" / "train.py").exists()
+
+
+def test_bare_run_from_the_repository_writes_no_code(trained: tuple[Path, str]) -> None:
+    assert not (trained[0] / "code").exists()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,9 @@ MODEL_FILE = "xgboost-model.json"
 FEATURES_FILE = "features.json"
 MANIFEST_FILE = "manifest.json"
 IGNORED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
+SERVING_CODE = ("serve.py", "features.py")
+"""Copied into MODEL_DIR/code when they sit beside this script (the pipeline stages them there), so the
+model artifact carries the server and the feature transforms it was trained with."""
 NTHREAD = os.cpu_count() or 1
 """The model does not depend on it: hist builds the same trees on 1 to 16 threads (tests/test_train.py checks)."""
 
@@ -273,6 +277,11 @@ def save(result: Result, names: list[str], hyperparameters: dict[str, Any], mode
         "metrics": {"train:auc": result.train_auc, "validation:auc": result.validation_auc},
     }
     (model_dir / FEATURES_FILE).write_text(json.dumps(description, indent=2) + "\n")
+    here = Path(__file__).resolve().parent
+    for name in SERVING_CODE:
+        if (here / name).is_file():
+            (model_dir / "code").mkdir(exist_ok=True)
+            shutil.copyfile(here / name, model_dir / "code" / name)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
