@@ -45,3 +45,24 @@ status: $(INSTALLED)  ## the latest executions and their steps
 
 deploy-infra: $(INSTALLED)  ## deploy the approved-model -> endpoint function and its EventBridge rule (AWS)
 	$(BIN)/python deploy_lambda/deploy_infra.py
+
+# The project image (docker/). By default on the offline base made with debootstrap (no registry needed;
+# root and a Debian mirror are); where a registry is reachable: make image BASE_IMAGE=python:3.11-slim.
+# CA_BUNDLE goes into the offline base so pip trusts a TLS-inspecting proxy (CA_BUNDLE= to leave it out).
+OFFLINE_BASE := fraud-detection-base:bookworm
+BASE_IMAGE ?= $(OFFLINE_BASE)
+IMAGE ?= fraud-detection:latest
+CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+
+.PHONY: image local
+image:  ## build the project image $(IMAGE) (BASE_IMAGE, CA_BUNDLE); installs and starts Docker if needed
+	bash docker/ensure_engine.sh
+ifeq ($(BASE_IMAGE),$(OFFLINE_BASE))
+	bash docker/build_base_image.sh --name $(BASE_IMAGE) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
+endif
+	docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) docker/
+
+CLAIMS ?=
+CUSTOMERS ?=
+local: $(INSTALLED)  ## the whole pipeline on this machine in containers (ROWS, PARAMS, CLAIMS + CUSTOMERS)
+	$(CLI) local --rows $(ROWS) $(if $(CLAIMS),--claims $(CLAIMS) --customers $(CUSTOMERS)) $(PARAMS)
