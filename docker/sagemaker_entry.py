@@ -382,7 +382,10 @@ def serving_code() -> tuple[Path, str]:
 def serve() -> int:
     try:
         code_dir, program = serving_code()
-        command = program_command(code_dir, program, sys.argv[1:])
+        args = sys.argv[1:]
+        if code_dir == MODEL_CODE_DIR:  # the model's own serve.py (train.py copies it into model.tar.gz)
+            args = ["--model-dir", str(MODEL_DIR), "--host", "0.0.0.0", *args]
+        command = program_command(code_dir, program, args)
     except EntryError as error:
         log(str(error) if str(error).startswith("no serving code") else f"cannot serve: {error}")
         return 2

@@ -102,6 +102,32 @@ def _local(args: argparse.Namespace) -> int:
     return 0 if result.status == "Succeeded" else 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Serve a model directory (a run's model/, or the run folder itself) on this machine."""
+    import json
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    model = args.model / "model" if (args.model / "model" / "xgboost-model.json").is_file() else args.model
+    if not (model / "xgboost-model.json").is_file():
+        raise ValueError(f"{args.model}: no xgboost-model.json there (expected a run's model/ directory)")
+    threshold = args.threshold
+    evaluation = model.parent / "evaluation" / "evaluation.json"
+    if threshold is None and evaluation.is_file():
+        threshold = json.loads(evaluation.read_text())["threshold"]["value"]
+        print(f"threshold {threshold} from {evaluation}")
+    own_code = model / "code" / "serve.py"
+    server = own_code if own_code.is_file() else root / "serving" / "serve.py"
+    python_path = os.pathsep.join([str(server.parent), str(root / "processing")])
+    command = [sys.executable, str(server), "--model-dir", str(model), "--port", str(args.port), "--host", args.host]
+    if threshold is not None:
+        command += ["--threshold", str(threshold)]
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    return subprocess.run(command, env={**os.environ, "PYTHONPATH": python_path}).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fraud-pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=None, help="pipeline.yaml to use (default: the project's)")
@@ -140,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs/<execution-id>/ go")
     local.add_argument("--no-install", action="store_true", help="never install or start a Docker engine")
     local.set_defaults(run=_local)
+
+    serve = commands.add_parser("serve", help="serve a model over HTTP (/ping, /invocations) on this machine")
+    serve.add_argument("--model", type=Path, required=True, help="a run's model/ directory (or the run folder)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--threshold", type=float, default=None, help="default: the run's evaluation.json")
+    serve.add_argument("--workers", type=int, default=None)
+    serve.set_defaults(run=_serve)
 
     status = commands.add_parser("status", help="the latest executions and their steps")
     status.add_argument("--limit", type=int, default=5)

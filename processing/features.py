@@ -6,6 +6,8 @@ with the same code. It depends on pandas and numpy only.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -143,11 +145,17 @@ def _describe_rows(frame: pd.DataFrame, mask: pd.Series, column: str) -> str:
     return f"{shown}{more}"
 
 
+@functools.cache
+def _canonical(column: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """Normalised category -> the contract's spelling (built once per column)."""
+    return {normalise(pd.Series([v]), column).iloc[0]: v for v in allowed}
+
+
 def _check_column(frame: pd.DataFrame, column: str, kind: str, allowed: object) -> tuple[pd.Series, str | None]:
     """Parse one raw string column; return the typed values and an error description or None."""
     raw = frame[column].str.strip()
     if kind == "category":
-        canonical = {normalise(pd.Series([v]), column).iloc[0]: v for v in allowed}
+        canonical = _canonical(column, tuple(allowed))
         normalised = normalise(raw, column)
         bad = ~normalised.isin(list(canonical))
         expected = f"one of {', '.join(allowed)}"

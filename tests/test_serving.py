@@ -1,0 +1,430 @@
+"""serving/serve.py over real HTTP: SageMaker's /ping and /invocations, on a model trained on generated data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from flask import Flask
+from werkzeug.serving import make_server
+
+import serve
+from features import FEATURES, KEY, LABEL
+from harness import ROOT, Reply, call, free_port, running
+
+CASES = 6
+"""Test-split policies scored in these tests."""
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[tuple[str, int]]:
+    """The app on 127.0.0.1 and a free port, in a background thread; yields (host, port)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", server.port
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+class Case(NamedTuple):
+    policy_id: int
+    csv_row: str
+    record: dict
+
+
+def typed(raw: dict[str, str]) -> dict:
+    """A raw CSV record as a user would send it in JSON: numbers as numbers, categories as strings."""
+    kinds = {column: kind for column, (kind, _) in serve.RAW_SCHEMA.items()}
+    convert = {"int": int, "float": float, "category": str}
+    return {column: convert[kinds[column]](value) for column, value in raw.items() if column != LABEL}
+
+
+@pytest.fixture(scope="module")
+def cases(raw_data: dict[str, Path], splits: Path) -> list[Case]:
+    """Test-split policies: preprocess's feature row (CSV text) and the raw claim + customer record (JSON)."""
+    with open(splits / "headered/test.csv", newline="") as file:
+        rows = list(csv.reader(file))
+    header, rows = rows[0], rows[1 : CASES + 1]
+    assert header[:2] == [KEY, LABEL]
+    wanted = {row[0]: ",".join(row[2:]) for row in rows}
+    raw: dict[str, dict] = {policy: {} for policy in wanted}
+    for table in ("claims", "customers"):
+        with open(raw_data[table], newline="") as file:
+            for record in csv.DictReader(file):
+                if record[KEY] in raw:
+                    raw[record[KEY]].update(record)
+    return [Case(int(policy), wanted[policy], typed(raw[policy])) for policy in wanted]
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained: tuple[Path, str]) -> Path:
+    return trained[0]
+
+
+@pytest.fixture(scope="module")
+def expected(model_dir: Path, cases: list[Case]) -> np.ndarray:
+    """The cases' probabilities from the saved booster, scored apart from the server."""
+    booster = xgb.Booster(model_file=model_dir / "xgboost-model.json")
+    matrix = np.array([[float(v) for v in case.csv_row.split(",")] for case in cases], dtype=np.float32)
+    return booster.predict(xgb.DMatrix(matrix, feature_names=booster.feature_names))
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path) -> Iterator[tuple[str, int]]:
+    with serving(serve.create_app(model_dir, threshold=0.5)) as address:
+        yield address
+
+
+def csv_body(cases: list[Case]) -> str:
+    return "".join(f"{case.csv_row}\n" for case in cases)
+
+
+def probabilities(reply: Reply) -> np.ndarray:
+    assert reply.status == 200, reply.text
+    return np.array([p["fraud_probability"] for p in reply.json()["predictions"]], dtype=np.float32)
+
+
+def assert_refused(reply: Reply, status: int, *phrases: str) -> None:
+    """A JSON {"error": ...} with the status, naming the problem, with no traceback."""
+    assert reply.status == status, reply.text
+    assert reply.content_type == "application/json"
+    error = reply.json()["error"]
+    for phrase in phrases:
+        assert phrase in error
+    assert "Traceback" not in reply.text
+
+
+# ---------------------------------------------------------------------------------------- the contract
+
+
+def test_ping(server: tuple[str, int]) -> None:
+    reply = call(server, method="GET", path="/ping")
+    assert reply.status == 200
+    assert reply.json() == {"status": "ok"}
+
+
+def test_csv_single_row(server: tuple[str, int], cases: list[Case], expected: np.ndarray) -> None:
+    reply = call(server, cases[0].csv_row, "text/csv")
+    assert reply.content_type == "application/json"
+    [prediction] = reply.json()["predictions"]
+    assert np.float32(prediction["fraud_probability"]) == expected[0]
+    assert prediction["fraud"] == int(expected[0] >= 0.5)
+    assert prediction["threshold"] == 0.5
+    assert KEY not in prediction
+
+
+def test_csv_rows_score_as_the_saved_model_does(
+    server: tuple[str, int], cases: list[Case], expected: np.ndarray
+) -> None:
+    reply = call(server, csv_body(cases), "text/csv; charset=utf-8")
+    np.testing.assert_array_equal(probabilities(reply), expected)
+    assert [p["fraud"] for p in reply.json()["predictions"]] == (expected >= 0.5).astype(int).tolist()
+
+
+@pytest.mark.parametrize("shape", ["object", "list", "instances"])
+def test_json_records_score_as_their_csv_rows(
+    server: tuple[str, int], cases: list[Case], expected: np.ndarray, shape: str
+) -> None:
+    records = [case.record for case in cases]
+    body = {"object": records[0], "list": records, "instances": {"instances": records}}[shape]
+    reply = call(server, json.dumps(body), "application/json")
+    count = 1 if shape == "object" else len(cases)
+    np.testing.assert_array_equal(probabilities(reply), expected[:count])
+    assert [p[KEY] for p in reply.json()["predictions"]] == [case.policy_id for case in cases[:count]]
+
+
+def test_json_features_equal_preprocessed_rows(model_dir: Path, cases: list[Case]) -> None:
+    """The JSON path builds, with features.py, exactly the feature rows preprocessing wrote."""
+    names = serve.read_features(model_dir)
+    matrix, policy_ids = serve.json_features([case.record for case in cases], names)
+    np.testing.assert_array_equal(matrix, serve.csv_matrix(csv_body(cases).encode(), names))
+    assert policy_ids == [case.policy_id for case in cases]
+
+
+def test_json_values_as_raw_csv_strings(server: tuple[str, int], cases: list[Case], expected: np.ndarray) -> None:
+    record = {column: str(value) for column, value in cases[0].record.items()}
+    np.testing.assert_array_equal(probabilities(call(server, json.dumps(record), "application/json")), expected[:1])
+
+
+def test_accept_csv(server: tuple[str, int], cases: list[Case], expected: np.ndarray) -> None:
+    reply = call(server, csv_body(cases), "text/csv", accept="text/csv")
+    assert reply.status == 200
+    assert reply.content_type.startswith("text/csv")
+    lines = [line.split(",") for line in reply.text.splitlines()]
+    np.testing.assert_array_equal(np.array([p for p, _ in lines], dtype=np.float32), expected)
+    assert [int(flag) for _, flag in lines] == (expected >= 0.5).astype(int).tolist()
+
+
+@pytest.mark.parametrize("accept", ["*/*", "application/json; charset=utf-8", "text/html, application/*;q=0.5"])
+def test_accept_json(server: tuple[str, int], cases: list[Case], accept: str) -> None:
+    reply = call(server, cases[0].csv_row, "text/csv", accept=accept)
+    assert reply.status == 200
+    assert reply.content_type == "application/json"
+
+
+def test_deterministic(server: tuple[str, int], cases: list[Case]) -> None:
+    replies = {call(server, csv_body(cases), "text/csv").text for _ in range(3)}
+    singles = [call(server, case.csv_row, "text/csv").json()["predictions"][0] for case in cases]
+    assert len(replies) == 1
+    assert json.loads(replies.pop())["predictions"] == singles
+
+
+# ---------------------------------------------------------------------------------------- the threshold
+
+
+def threshold_between(expected: np.ndarray) -> float:
+    """A threshold that flags some cases and not others."""
+    low, high = np.sort(expected)[len(expected) // 2 - 1 : len(expected) // 2 + 1]
+    assert low < high
+    return float((low + high) / 2)
+
+
+def test_threshold_from_environment(model_dir: Path, cases: list[Case], expected: np.ndarray) -> None:
+    threshold = threshold_between(expected)
+    with running(model_dir, "--workers", "1", env={"FRAUD_THRESHOLD": str(threshold)}) as address:
+        predictions = call(address, csv_body(cases), "text/csv").json()["predictions"]
+    assert {p["threshold"] for p in predictions} == {threshold}
+    assert [p["fraud"] for p in predictions] == (expected >= threshold).astype(int).tolist()
+    assert 0 < sum(p["fraud"] for p in predictions) < len(cases)
+
+
+def test_threshold_flag_wins_over_environment(model_dir: Path, cases: list[Case], expected: np.ndarray) -> None:
+    threshold = threshold_between(expected)
+    with running(model_dir, "--workers", "1", "--threshold", str(threshold), env={"FRAUD_THRESHOLD": "1"}) as address:
+        predictions = call(address, json.dumps([c.record for c in cases]), "application/json").json()["predictions"]
+    assert [p["fraud"] for p in predictions] == (expected >= threshold).astype(int).tolist()
+
+
+def test_threshold_defaults_to_half_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("FRAUD_THRESHOLD", raising=False)
+    assert serve.resolve_threshold(serve.parse_args([])) == 0.5
+    assert "no threshold given" in caplog.text
+    monkeypatch.setenv("FRAUD_THRESHOLD", "0.25")
+    assert serve.resolve_threshold(serve.parse_args([])) == 0.25
+    assert serve.resolve_threshold(serve.parse_args(["--threshold", "0.75"])) == 0.75
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "high"])
+def test_bad_threshold_stops_the_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, value: str
+) -> None:
+    monkeypatch.setenv("FRAUD_THRESHOLD", value)
+    with pytest.raises(SystemExit) as stopped:
+        serve.parse_args([])
+    assert stopped.value.code == 2
+    assert "FRAUD_THRESHOLD" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- refusals
+
+
+def without(record: dict, column: str) -> dict:
+    return {name: value for name, value in record.items() if name != column}
+
+
+def test_csv_wrong_column_count(server: tuple[str, int], cases: list[Case]) -> None:
+    short = cases[0].csv_row.rsplit(",", 1)[0]
+    reply = call(server, f"{cases[0].csv_row}\n{short}\n", "text/csv")
+    assert_refused(reply, 400, "row 2", f"{len(FEATURES) - 1} values, expected {len(FEATURES)}")
+
+
+@pytest.mark.parametrize("value", ["abc", "", "nan", "inf"])
+def test_csv_non_numeric_value(server: tuple[str, int], cases: list[Case], value: str) -> None:
+    values = cases[0].csv_row.split(",")
+    values[2] = value
+    reply = call(server, ",".join(values), "text/csv")
+    assert_refused(reply, 400, "row 1, column 3 (num_witnesses)", f"got {value!r}")
+
+
+def test_json_unknown_category(server: tuple[str, int], cases: list[Case]) -> None:
+    records = [case.record for case in cases[:2]]
+    records[1] = {**records[1], "policy_state": "TX"}
+    reply = call(server, json.dumps(records), "application/json")
+    assert_refused(reply, 400, "column 'policy_state'", "one of CA, WA, AZ, OR, NV, ID", "line 2: 'TX'")
+
+
+def test_json_missing_column(server: tuple[str, int], cases: list[Case]) -> None:
+    reply = call(server, json.dumps(without(cases[0].record, "customer_age")), "application/json")
+    assert_refused(reply, 400, "missing column(s) customer_age", "expected columns:")
+
+
+def test_json_column_missing_from_one_record(server: tuple[str, int], cases: list[Case]) -> None:
+    records = [cases[0].record, without(cases[1].record, "num_witnesses")]
+    reply = call(server, json.dumps(records), "application/json")
+    assert_refused(reply, 400, "column 'num_witnesses'", "line 2: ''")
+
+
+@pytest.mark.parametrize(
+    "body, phrase",
+    [
+        ('{"policy_id": 1,', "invalid JSON"),
+        ("[1, 2]", "record 1: expected a JSON object"),
+        ("[]", "non-empty list"),
+        ('"text"', "expected a JSON object"),
+        (b"\xff\xfe{}", "not UTF-8"),
+    ],
+)
+def test_json_malformed(server: tuple[str, int], body: str | bytes, phrase: str) -> None:
+    assert_refused(call(server, body, "application/json"), 400, phrase)
+
+
+@pytest.mark.parametrize("content_type", ["text/csv", "application/json"])
+@pytest.mark.parametrize("body", ["", " \n"])
+def test_empty_body(server: tuple[str, int], content_type: str, body: str) -> None:
+    assert_refused(call(server, body, content_type), 400, "empty body")
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_unsupported_content_type(server: tuple[str, int], cases: list[Case], content_type: str | None) -> None:
+    reply = call(server, cases[0].csv_row, content_type)
+    assert_refused(reply, 415, "unsupported Content-Type", "text/csv or application/json")
+
+
+def test_unsupported_accept(server: tuple[str, int], cases: list[Case]) -> None:
+    reply = call(server, cases[0].csv_row, "text/csv", accept="text/html")
+    assert_refused(reply, 406, "text/html", "application/json or text/csv")
+
+
+def test_body_too_large(model_dir: Path, cases: list[Case]) -> None:
+    with serving(serve.create_app(model_dir, 0.5, max_bytes=4096)) as address:
+        assert call(address, csv_body(cases), "text/csv").status == 200
+        assert_refused(call(address, csv_body(cases * 20), "text/csv"), 413, "limit of 4096 bytes")
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/invocations", 405), ("POST", "/predict", 404)])
+def test_other_routes(server: tuple[str, int], method: str, path: str, status: int) -> None:
+    assert_refused(call(server, method=method, path=path), status)
+
+
+def test_internal_error_is_a_generic_500(
+    server: tuple[str, int], cases: list[Case], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self, matrix):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(serve.Model, "predict", broken)
+    reply = call(server, cases[0].csv_row, "text/csv")
+    assert_refused(reply, 500, "internal server error")
+    assert "secret detail" not in reply.text
+    assert "Traceback" in caplog.text and "secret detail" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------- the model directory
+
+
+def test_unloadable_model_answers_503(model_dir: Path, cases: list[Case], tmp_path: Path) -> None:
+    shutil.copy(model_dir / "features.json", tmp_path)
+    (tmp_path / "xgboost-model.json").write_text("{not a model")
+    with serving(serve.create_app(tmp_path, 0.5)) as address:
+        assert_refused(call(address, method="GET", path="/ping"), 503, "xgboost-model.json")
+        assert_refused(call(address, cases[0].csv_row, "text/csv"), 503, "the model is not loaded")
+
+
+def test_model_and_features_file_must_agree(model_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(model_dir / "xgboost-model.json", tmp_path)
+    names = serve.read_features(model_dir)
+    (tmp_path / "features.json").write_text(json.dumps({"features": names[::-1]}))
+    with pytest.raises(serve.ModelError, match="do not name the same features"):
+        serve.Model(tmp_path)
+
+
+def test_missing_model_stops_the_server(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert serve.main(["--model-dir", str(tmp_path), "--threshold", "0.5"]) == 2
+    assert f"{tmp_path / 'xgboost-model.json'}: not found" in capsys.readouterr().err
+
+
+def test_model_without_contract_features_scores_csv_only(
+    model_dir: Path, cases: list[Case], tmp_path: Path, expected: np.ndarray
+) -> None:
+    """A model trained without preprocess's manifest (features f0, f1, ...) cannot take raw records."""
+    booster = xgb.Booster(model_file=model_dir / "xgboost-model.json")
+    booster.feature_names = [f"f{i}" for i in range(booster.num_features())]
+    booster.save_model(tmp_path / "xgboost-model.json")
+    (tmp_path / "features.json").write_text(json.dumps({"features": booster.feature_names}))
+    with serving(serve.create_app(tmp_path, 0.5)) as address:
+        np.testing.assert_array_equal(probabilities(call(address, csv_body(cases), "text/csv")), expected)
+        reply = call(address, json.dumps(cases[0].record), "application/json")
+        assert_refused(reply, 415, "not the contract's", "f0")
+
+
+def test_model_artifact_serves_with_its_own_code(
+    splits: Path, cases: list[Case], expected: np.ndarray, tmp_path: Path
+) -> None:
+    """train.py run from a staged source directory (train.py, serve.py, features.py, as the pipeline stages it)
+    writes a model whose code/ serves it alone, as the container's `serve` runs it."""
+    source, model = tmp_path / "source", tmp_path / "model"
+    source.mkdir()
+    for script in ("training/train.py", "serving/serve.py", "processing/features.py"):
+        shutil.copy(ROOT / script, source)
+    channels = ["--train", str(splits / "train"), "--validation", str(splits / "validation")]
+    argv = [*channels, "--manifest", str(splits / "manifest"), "--model-dir", str(model), "--verbose", "0"]
+    done = subprocess.run([sys.executable, str(source / "train.py"), *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (model / "code").iterdir()) == ["features.py", "serve.py"]
+    with running(model, "--workers", "1", script=model / "code/serve.py", env={"PYTHONPATH": ""}) as address:
+        from_csv = probabilities(call(address, csv_body(cases), "text/csv"))
+        from_json = probabilities(call(address, json.dumps([c.record for c in cases]), "application/json"))
+    np.testing.assert_array_equal(from_csv, expected)
+    np.testing.assert_array_equal(from_json, expected)
+
+
+def test_cli_serve_a_run_folder_with_its_threshold(model_dir: Path, cases: list[Case], tmp_path: Path) -> None:
+    """`fraud-pipeline serve --model runs/<id>`: the run's model, with the threshold of its evaluation.json."""
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run / "model")
+    (run / "evaluation").mkdir()
+    (run / "evaluation" / "evaluation.json").write_text(json.dumps({"threshold": {"value": 0.0, "method": "max_f1"}}))
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "serve",
+        "--model",
+        str(run),
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    child = subprocess.Popen(command)
+    try:
+        address = ("127.0.0.1", port)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if call(address, method="GET", path="/ping").status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        reply = call(address, csv_body(cases[:1]), "text/csv")
+        assert reply.status == 200, reply.text
+        assert reply.json()["predictions"][0]["threshold"] == 0.0
+        assert reply.json()["predictions"][0]["fraud"] == 1
+    finally:
+        child.terminate()
+        child.wait(timeout=60)
+
+
+def test_cli_serve_without_a_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipelines import cli
+
+    assert cli.main(["serve", "--model", str(tmp_path)]) != 0
+    assert "no xgboost-model.json there" in capsys.readouterr().err
