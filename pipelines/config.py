@@ -92,30 +92,26 @@ class Training(Section):
     hyperparameters: Hyperparameters = Hyperparameters()
 
 
-class ContinuousRange(Section):
+class _Range(Section):
+    scaling: Literal["Auto", "Linear", "Logarithmic", "ReverseLogarithmic"] = "Auto"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        if self.min >= self.max:
+            raise ValueError(f"min {self.min} must be below max {self.max}")
+        return self
+
+
+class ContinuousRange(_Range):
     type: Literal["continuous"]
     min: float
     max: float
-    scaling: Literal["Auto", "Linear", "Logarithmic", "ReverseLogarithmic"] = "Auto"
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ContinuousRange:
-        if self.min >= self.max:
-            raise ValueError(f"min {self.min} must be below max {self.max}")
-        return self
 
 
-class IntegerRange(Section):
+class IntegerRange(_Range):
     type: Literal["integer"]
     min: int
     max: int
-    scaling: Literal["Auto", "Linear", "Logarithmic", "ReverseLogarithmic"] = "Auto"
-
-    @model_validator(mode="after")
-    def _ordered(self) -> IntegerRange:
-        if self.min >= self.max:
-            raise ValueError(f"min {self.min} must be below max {self.max}")
-        return self
 
 
 Range = Annotated[ContinuousRange | IntegerRange, Field(discriminator="type")]

@@ -171,6 +171,12 @@ class Builder:
             sagemaker_session=self.session,
         )
 
+    def output(self, step: str, name: str) -> ProcessingOutput:
+        """The job's /opt/ml/processing/output/<name>, uploaded to output_uri(step, name)."""
+        return ProcessingOutput(
+            output_name=name, source=f"{CONTAINER}/output/{name}", destination=self.output_uri(step, name)
+        )
+
     def preprocess(self) -> ProcessingStep:
         config = self.config
         processor = self.processor("preprocess", config.processing, self.params.processing_instance_type)
@@ -185,14 +191,7 @@ class Builder:
                     source=self.params.customers_uri, destination=f"{CONTAINER}/input/customers", input_name="customers"
                 ),
             ],
-            outputs=[
-                ProcessingOutput(
-                    output_name=name,
-                    source=f"{CONTAINER}/output/{name}",
-                    destination=self.output_uri("preprocess", name),
-                )
-                for name in PREPROCESS_OUTPUTS
-            ],
+            outputs=[self.output("preprocess", name) for name in PREPROCESS_OUTPUTS],
             arguments=[
                 "--validation-fraction",
                 str(config.data.validation_fraction),
@@ -343,18 +342,14 @@ class Builder:
                 ProcessingInput(source=model_data, destination=f"{CONTAINER}/model", input_name="model"),
                 ProcessingInput(source=_output(preprocess, "test"), destination=f"{CONTAINER}/test", input_name="test"),
             ],
-            outputs=[
-                ProcessingOutput(
-                    output_name="evaluation",
-                    source=f"{CONTAINER}/evaluation",
-                    destination=self.output_uri("evaluate", "evaluation"),
-                )
-            ],
+            outputs=[self.output("evaluate", "evaluation")],
             arguments=[
                 "--threshold-method",
                 config.evaluation.threshold.method,
                 "--alert-rate",
                 str(config.evaluation.threshold.alert_rate),
+                "--output-dir",
+                f"{CONTAINER}/output/evaluation",
             ],
         )
         step = ProcessingStep(name="Evaluate", step_args=step_args, property_files=[report], cache_config=self.cache)
@@ -420,13 +415,7 @@ class Builder:
             code="ingest.py",
             source_dir=self.source("processing"),
             inputs=[ProcessingInput(source=_output(preprocess, "features"), destination=f"{CONTAINER}/input/features")],
-            outputs=[
-                ProcessingOutput(
-                    output_name="offline-store",
-                    source=f"{CONTAINER}/output/offline-store",
-                    destination=self.output_uri("ingest", "offline-store"),
-                )
-            ],
+            outputs=[self.output("ingest", "offline-store")],
             arguments=[
                 "--mode",
                 "offline-files",
@@ -456,7 +445,7 @@ class Builder:
             "--metrics",
             ",".join(bias.metrics),
             "--output-dir",
-            f"{CONTAINER}/output/bias",
+            f"{CONTAINER}/output/report",
         ]
         if bias.thresholds:
             arguments += ["--thresholds", ",".join(f"{k}={v}" for k, v in sorted(bias.thresholds.items()))]
@@ -469,11 +458,7 @@ class Builder:
                     destination=f"{CONTAINER}/input/data",
                 )
             ],
-            outputs=[
-                ProcessingOutput(
-                    output_name="bias", source=f"{CONTAINER}/output/bias", destination=self.output_uri("bias", "report")
-                )
-            ],
+            outputs=[self.output("bias", "report")],
             arguments=arguments,
         )
         return ProcessingStep(name="DataBiasCheck", step_args=step_args)
