@@ -108,7 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    from pipelines.config import ROOT
+
     model = args.model / "model" if (args.model / "model" / "xgboost-model.json").is_file() else args.model
     if not (model / "xgboost-model.json").is_file():
         raise ValueError(f"{args.model}: no xgboost-model.json there (expected a run's model/ directory)")
@@ -118,8 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
         threshold = json.loads(evaluation.read_text())["threshold"]["value"]
         print(f"threshold {threshold} from {evaluation}")
     own_code = model / "code" / "serve.py"
-    server = own_code if own_code.is_file() else root / "serving" / "serve.py"
-    python_path = os.pathsep.join([str(server.parent), str(root / "processing")])
+    server = own_code if own_code.is_file() else ROOT / "serving" / "serve.py"
+    python_path = os.pathsep.join([str(server.parent), str(ROOT / "processing")])
     command = [sys.executable, str(server), "--model-dir", str(model), "--port", str(args.port), "--host", args.host]
     if threshold is not None:
         command += ["--threshold", str(threshold)]

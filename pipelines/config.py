@@ -16,7 +16,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "pipeline.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+"""The project root (this checkout)."""
+DEFAULT_PATH = ROOT / "pipeline.yaml"
 ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 

@@ -26,9 +26,9 @@ from typing import TextIO
 
 import boto3
 
-from pipelines.config import Config
+from pipelines.config import ROOT, Config
+from pipelines.publish import canonical_json
 
-ROOT = Path(__file__).resolve().parent.parent
 LOCAL_ROLE = "arn:aws:iam::000000000000:role/local-pipeline"
 LOCAL_BUCKET = "fraud-detection-local"
 ENSURE_ENGINE = ROOT / "docker" / "ensure_engine.sh"
@@ -197,11 +197,11 @@ def _collect(s3, config: Config, execution_id: str, run_dir: Path) -> None:
         if archive.name == "model.tar.gz":
             with tarfile.open(archive) as tar:
                 tar.extractall(run_dir / "model", filter="data")
-            shutil.copy2(archive, run_dir / "model.tar.gz")
+            shutil.move(archive, run_dir / "model.tar.gz")
     shutil.rmtree(run_dir / "model-artifacts", ignore_errors=True)
 
 
-def _registry_record(config: Config, run_dir: Path, execution_id: str, approval_status: str) -> dict:
+def _write_registry_record(config: Config, run_dir: Path, execution_id: str, approval_status: str) -> None:
     """What RegisterModel would record in the model registry, for a local run."""
     evaluation = json.loads((run_dir / "evaluation" / "evaluation.json").read_text())
     record = {
@@ -223,16 +223,13 @@ def _registry_record(config: Config, run_dir: Path, execution_id: str, approval_
     if bias.exists():
         record["bias_pre_training"] = json.loads(bias.read_text())
     (run_dir / "registry.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
 
 
 def _sessions(config: Config, endpoint: str):
     from sagemaker.workflow.pipeline_context import LocalPipelineSession
 
     boto = boto3.Session(region_name=config.aws.region)
-    session = LocalPipelineSession(
-        boto_session=boto, default_bucket=LOCAL_BUCKET, s3_endpoint_url=endpoint, disable_local_code=True
-    )
+    session = LocalPipelineSession(boto_session=boto, default_bucket=LOCAL_BUCKET, s3_endpoint_url=endpoint)
     session.config = {"local": {"local_code": False}}
     code_session = LocalPipelineSession(boto_session=boto, default_bucket=LOCAL_BUCKET, s3_endpoint_url=endpoint)
     code_session.config = {"local": {"local_code": True}}
@@ -284,7 +281,7 @@ def run(
         execution_id = execution.pipeline_execution_name
         run_dir = runs_dir / execution_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "definition.json").write_text(json.dumps(json.loads(definition), indent=2, sort_keys=True) + "\n")
+        (run_dir / "definition.json").write_text(canonical_json(definition))
         _collect(s3, config, execution_id, run_dir)
 
     described = execution.describe()
@@ -303,7 +300,7 @@ def run(
     )
     if result.status == "Succeeded":
         approval = str(parameters.get("ModelApprovalStatus", config.registry.approval_status))
-        _registry_record(config, run_dir, execution_id, approval)
+        _write_registry_record(config, run_dir, execution_id, approval)
     return result
 
 

@@ -36,9 +36,8 @@ from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep, TuningStep
 from sagemaker.workflow.utilities import hash_files_or_dirs
 
-from pipelines.config import Config
+from pipelines.config import ROOT, Config
 
-ROOT = Path(__file__).resolve().parent.parent
 STAGING = Path("build/code")
 CONTAINER = "/opt/ml/processing"
 PREPROCESS_OUTPUTS = ("train", "validation", "test", "headered", "features", "manifest")
@@ -138,14 +137,18 @@ class Builder:
         self.local = code_session is not None
         self.code_session = code_session or session
         self.params = Parameters(config)
+        self.staged: dict[str, str] = {}
         self.cache = CacheConfig(enable_caching=config.cache.enabled, expire_after=config.cache.expire_after)
         self.bucket = config.aws.bucket or session.default_bucket()
         self.s3_prefix = f"s3://{self.bucket}/{config.aws.prefix}".rstrip("/")
 
     def source(self, folder: str) -> str:
-        """The staged source folder of a step; absolute in local mode, where containers mount it."""
-        staged = stage_code(folder)
-        return str(ROOT / staged) if self.local else staged
+        """The staged source folder of a step (staged once per build); absolute in local mode, where
+        containers mount it."""
+        if folder not in self.staged:
+            staged = stage_code(folder)
+            self.staged[folder] = str(ROOT / staged) if self.local else staged
+        return self.staged[folder]
 
     def output_uri(self, step: str, name: str) -> Join:
         """s3://bucket/prefix/<execution id>/<step>/<name>: every execution keeps its own outputs."""

@@ -70,10 +70,11 @@ def definition(config: Config) -> str:
             s3.create_bucket(Bucket=aws.bucket, CreateBucketConfiguration={"LocationConstraint": config.aws.region})
         pipeline_session = PipelineSession(boto_session=session, default_bucket=aws.bucket)
         with project_root():
-            return _canonical(get_pipeline(config, pipeline_session).definition())
+            return canonical_json(get_pipeline(config, pipeline_session).definition())
 
 
-def _canonical(document: str) -> str:
+def canonical_json(document: str) -> str:
+    """A JSON document with sorted keys and indentation, as the project writes definitions."""
     return json.dumps(json.loads(document), indent=2, sort_keys=True) + "\n"
 
 
