@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
 
-from pipelines.config import Config, ConfigError, load
+from pipelines.config import Config, ConfigError, load, s3_key, s3_uri
 
 HERE = Path(__file__).resolve().parent
 HANDLER = HERE / "handler.py"
@@ -41,12 +41,8 @@ def package(source: Path = HANDLER) -> bytes:
     return buffer.getvalue()
 
 
-def _under_prefix(config: Config, *parts: str) -> str:
-    return "/".join(part for part in (config.aws.prefix.strip("/"), *parts) if part)
-
-
 def code_key(config: Config, archive: bytes) -> str:
-    return _under_prefix(config, "deploy-lambda", f"{hashlib.sha256(archive).hexdigest()[:16]}.zip")
+    return s3_key(config.aws.prefix, "deploy-lambda", f"{hashlib.sha256(archive).hexdigest()[:16]}.zip")
 
 
 def stack_name(config: Config) -> str:
@@ -62,7 +58,7 @@ def stack_parameters(config: Config, key: str) -> dict[str, str]:
     kms = config.security.kms_key_id
     if kms and not kms.startswith("arn:"):
         raise DeployError(f"security.kms_key_id: {kms!r} must be a key ARN for deploy-infra (IAM grants need it)")
-    capture = config.deploy.data_capture_uri or f"s3://{config.aws.bucket}/{_under_prefix(config, 'data-capture')}"
+    capture = config.deploy.data_capture_uri or s3_uri(config.aws.bucket, config.aws.prefix, "data-capture")
     return {
         "CodeBucket": config.aws.bucket,
         "CodeKey": key,

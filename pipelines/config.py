@@ -22,6 +22,17 @@ DEFAULT_PATH = ROOT / "pipeline.yaml"
 ENV_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
+def s3_key(*parts: str) -> str:
+    """An S3 key from path parts, without empty segments: s3_key("", "models") == "models"."""
+    return "/".join(segment for part in parts for segment in str(part).split("/") if segment)
+
+
+def s3_uri(bucket: str, *parts: str) -> str:
+    """s3://bucket/<parts...>, without empty segments (so an empty aws.prefix adds no '//')."""
+    key = s3_key(*parts)
+    return f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+
+
 class ConfigError(ValueError):
     """pipeline.yaml is missing, unreadable or invalid; the message names the key path."""
 

@@ -36,7 +36,7 @@ from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep, TuningStep
 from sagemaker.workflow.utilities import hash_files_or_dirs
 
-from pipelines.config import ROOT, Config
+from pipelines.config import ROOT, Config, s3_key, s3_uri
 
 STAGING = Path("build/code")
 CONTAINER = "/opt/ml/processing"
@@ -140,7 +140,10 @@ class Builder:
         self.staged: dict[str, str] = {}
         self.cache = CacheConfig(enable_caching=config.cache.enabled, expire_after=config.cache.expire_after)
         self.bucket = config.aws.bucket or session.default_bucket()
-        self.s3_prefix = f"s3://{self.bucket}/{config.aws.prefix}".rstrip("/")
+
+    def uri(self, *parts: str) -> str:
+        """s3://bucket/<aws.prefix>/<parts>: every S3 location the pipeline names, from non-empty parts."""
+        return s3_uri(self.bucket, self.config.aws.prefix, *parts)
 
     def source(self, folder: str) -> str:
         """The staged source folder of a step (staged once per build); absolute in local mode, where
@@ -152,7 +155,7 @@ class Builder:
 
     def output_uri(self, step: str, name: str) -> Join:
         """s3://bucket/prefix/<execution id>/<step>/<name>: every execution keeps its own outputs."""
-        return Join(on="/", values=[self.s3_prefix, ExecutionVariables.PIPELINE_EXECUTION_ID, step, name])
+        return Join(on="/", values=[self.uri(), ExecutionVariables.PIPELINE_EXECUTION_ID, step, name])
 
     def processor(self, name: str, compute, instance_type=None, isolate: bool = True) -> FrameworkProcessor:
         """A script-mode processor on the project image: the step's folder is uploaded as its source."""
@@ -221,7 +224,7 @@ class Builder:
             "--region",
             config.aws.region,
             "--offline-store-uri",
-            f"{self.s3_prefix}/feature-store",
+            self.uri("feature-store"),
             "--online-store" if store.online_store else "--no-online-store",
             "--workers",
             str(store.ingest_workers),
@@ -244,7 +247,7 @@ class Builder:
             data_config=DataConfig(
                 s3_data_input_path=Join(on="/", values=[_output(preprocess, "headered"), "train.csv"]),
                 s3_output_path=self.output_uri("bias-check", "report"),
-                s3_analysis_config_output_path=f"{self.s3_prefix}/bias-check/config",
+                s3_analysis_config_output_path=self.uri("bias-check", "config"),
                 label=bias.label,
                 dataset_type="text/csv",
                 excluded_columns=["policy_id"],
@@ -292,8 +295,8 @@ class Builder:
             instance_count=compute.instance_count,
             volume_size=compute.volume_size_gb,
             max_run=compute.max_runtime_s,
-            output_path=f"{self.s3_prefix}/models",
-            code_location=f"{self.s3_prefix}/code",
+            output_path=self.uri("models"),
+            code_location=self.uri("code"),
             hyperparameters=config.training.hyperparameters.model_dump(),
             metric_definitions=METRIC_DEFINITIONS,
             volume_kms_key=_kms(config),
@@ -508,7 +511,7 @@ def get_pipeline(config: Config, session) -> Pipeline:
     bias = build.bias_check(preprocess)
     estimator = build.estimator()
     tune = build.tune(preprocess, estimator, bias)
-    model_data = tune.get_top_model_s3_uri(top_k=0, s3_bucket=build.bucket, prefix=f"{config.aws.prefix}/models")
+    model_data = tune.get_top_model_s3_uri(top_k=0, s3_bucket=build.bucket, prefix=s3_key(config.aws.prefix, "models"))
     evaluate, report = build.evaluate(preprocess, model_data)
     register = build.register(evaluate, report, bias, model_data)
     check = build.check_auc(evaluate, report, [register])

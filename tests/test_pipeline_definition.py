@@ -220,3 +220,47 @@ def test_no_bucket_or_role_configured_uses_placeholders():
     document = build({})
     assert PLACEHOLDER_BUCKET in document
     assert "000000000000" in document
+
+
+def render(value, gets: dict[str, str]) -> str:
+    """A definition value as the service would evaluate it, with `gets` for its {"Get": ...} references."""
+    if isinstance(value, str):
+        return value
+    if "Get" in value:
+        return gets.get(value["Get"], "<" + value["Get"] + ">")
+    if "Std:JsonGet" in value:
+        return "<JsonGet>"
+    join = value["Std:Join"]
+    return join["On"].join(render(v, gets) for v in join["Values"])
+
+
+def s3_strings(value) -> list[str]:
+    """Every S3 URI written in a JSON value, rendered, Joins included."""
+    if isinstance(value, dict):
+        if "Std:Join" in value:
+            rendered = render(value, {})
+            return [rendered] if rendered.startswith("s3://") else []
+        return [uri for inner in value.values() for uri in s3_strings(inner)]
+    if isinstance(value, list):
+        return [uri for inner in value for uri in s3_strings(inner)]
+    return [value] if isinstance(value, str) and value.startswith("s3://") else []
+
+
+@pytest.mark.parametrize("prefix", ["", "fraud-detection", "team/fraud/"])
+def test_every_s3_path_is_built_from_non_empty_parts(prefix):
+    config = cfg.load(environ=ENV)
+    config = config.model_copy(update={"aws": config.aws.model_copy(update={"prefix": prefix})})
+    document = json.loads(definition(config))
+    uris = s3_strings(document)
+    assert uris
+    for uri in uris:
+        assert "//" not in uri.removeprefix("s3://"), uri
+        assert not uri.endswith("/"), uri
+
+    steps = all_steps(document)
+    job = "tune-abc-001-12345678"
+    written = steps["Tune"]["Arguments"]["TrainingJobDefinition"]["OutputDataConfig"]["S3OutputPath"]
+    model_input = {i["InputName"]: i["S3Input"]["S3Uri"] for i in steps["Evaluate"]["Arguments"]["ProcessingInputs"]}
+    read = render(model_input["model"], {"Steps.Tune.TrainingJobSummaries[0].TrainingJobName": job})
+    assert read == f"{written}/{job}/output/model.tar.gz"
+    assert written == "s3://test-bucket/" + "/".join(p for p in [prefix.strip("/"), "models"] if p)
