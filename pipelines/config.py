@@ -171,14 +171,13 @@ BIAS_METRICS = {"CI", "DPL", "KL", "JS", "LP", "TVD", "KS", "CDDL"}
 
 
 class Bias(Section):
+    engine: Literal["clarify", "smclarify"] = "clarify"
     facet: str = "customer_gender_female"
     facet_values: list[int | float | str] = [1]
     label: str = "fraud"
     positive_label: int | float | str = 1
     metrics: list[str] = ["CI", "DPL", "KL", "JS", "LP", "TVD", "KS"]
     thresholds: dict[str, Annotated[float, Field(gt=0)]] = {}
-    supplied_baseline_statistics: str = ""
-    supplied_baseline_constraints: str = ""
     compute: Compute = Compute()
 
     @model_validator(mode="after")
@@ -186,6 +185,9 @@ class Bias(Section):
         unknown = sorted((set(self.metrics) | set(self.thresholds)) - BIAS_METRICS)
         if unknown:
             raise ValueError(f"unknown bias metric(s) {', '.join(unknown)}; known: {', '.join(sorted(BIAS_METRICS))}")
+        unmeasured = sorted(set(self.thresholds) - set(self.metrics))
+        if unmeasured:
+            raise ValueError(f"thresholds for metric(s) not in metrics: {', '.join(unmeasured)}")
         return self
 
 

@@ -6,18 +6,25 @@ Every setting comes from the Config; the step scripts live in processing/, train
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 from sagemaker.clarify import BiasConfig, DataConfig
 from sagemaker.drift_check_baselines import DriftCheckBaselines
 from sagemaker.estimator import Estimator
 from sagemaker.inputs import TrainingInput
 from sagemaker.model import Model
-from sagemaker.model_metrics import MetricsSource, ModelMetrics
+from sagemaker.model_metrics import FileSource, MetricsSource, ModelMetrics
+from sagemaker.model_monitor import BiasAnalysisConfig
 from sagemaker.network import NetworkConfig
 from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput
 from sagemaker.sklearn.estimator import SKLearn
@@ -25,7 +32,7 @@ from sagemaker.tuner import ContinuousParameter, HyperparameterTuner, IntegerPar
 from sagemaker.workflow.check_job_config import CheckJobConfig
 from sagemaker.workflow.clarify_check_step import ClarifyCheckStep, DataBiasCheckConfig
 from sagemaker.workflow.condition_step import ConditionStep
-from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
+from sagemaker.workflow.conditions import ConditionEquals, ConditionGreaterThanOrEqualTo
 from sagemaker.workflow.execution_variables import ExecutionVariables
 from sagemaker.workflow.fail_step import FailStep
 from sagemaker.workflow.functions import Join, JsonGet
@@ -33,7 +40,7 @@ from sagemaker.workflow.model_step import ModelStep
 from sagemaker.workflow.parameters import ParameterBoolean, ParameterFloat, ParameterInteger, ParameterString
 from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.properties import PropertyFile
-from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep, TuningStep
+from sagemaker.workflow.steps import CacheConfig, ProcessingStep, Step, TrainingStep, TuningStep
 from sagemaker.workflow.utilities import hash_files_or_dirs
 
 from pipelines.config import ROOT, Config, s3_key, s3_uri
@@ -48,6 +55,34 @@ METRIC_DEFINITIONS = [
 ]
 AUC_PATH = "binary_classification_metrics.auc.value"
 THRESHOLD_PATH = "threshold.value"
+CLARIFY_REPORT = {"report": {"name": "report", "title": "Analysis Report"}}
+"""What ClarifyCheckStep adds to an analysis config's methods (sagemaker/workflow/clarify_check_step.py)."""
+
+
+class BiasGate(NamedTuple):
+    """The bias check step of either engine, and the S3 URIs the registry records from it."""
+
+    step: Step
+    calculated: object
+    """the calculated analysis.json (the package's bias_pre_training report)"""
+    drift_baseline: object
+    """the constraints used for drift checks (BaselineUsedForDriftCheckConstraints)"""
+    config_file: str
+    """Model Monitor's bias analysis config (DriftCheckBaselines' bias config file)"""
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@cache
+def _bias_script():
+    """processing/bias.py as a module: the builder makes the supplied baseline with its own layout function."""
+    spec = importlib.util.spec_from_file_location("_bias_step_script", ROOT / "processing" / "bias.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextmanager
@@ -183,20 +218,38 @@ class Builder:
             output_name=name, source=f"{CONTAINER}/output/{name}", destination=self.output_uri(step, name)
         )
 
-    def preprocess(self) -> ProcessingStep:
+    def raw_inputs(self) -> list[ProcessingInput]:
+        """The raw tables (parameters ClaimsUri, CustomersUri) as processing inputs."""
+        return [
+            ProcessingInput(
+                source=self.params.claims_uri, destination=f"{CONTAINER}/input/claims", input_name="claims"
+            ),
+            ProcessingInput(
+                source=self.params.customers_uri, destination=f"{CONTAINER}/input/customers", input_name="customers"
+            ),
+        ]
+
+    def data_version(self) -> tuple[ProcessingStep, PropertyFile]:
+        """The fingerprint of the raw inputs' contents, never cached: Preprocess takes it as an argument, so its
+        cache key changes exactly when the data does (caching keys on arguments, not on what an S3 URI holds)."""
+        processor = self.processor("data-version", self.config.processing, self.params.processing_instance_type)
+        version = PropertyFile(name="DataVersion", output_name="version", path="version.json")
+        step_args = processor.run(
+            code="data_version.py",
+            source_dir=self.source("processing"),
+            inputs=self.raw_inputs(),
+            outputs=[self.output("data-version", "version")],
+            arguments=["--output-dir", f"{CONTAINER}/output/version"],
+        )
+        return ProcessingStep(name="DataVersion", step_args=step_args, property_files=[version]), version
+
+    def preprocess(self, version: PropertyFile) -> ProcessingStep:
         config = self.config
         processor = self.processor("preprocess", config.processing, self.params.processing_instance_type)
         step_args = processor.run(
             code="preprocess.py",
             source_dir=self.source("processing"),
-            inputs=[
-                ProcessingInput(
-                    source=self.params.claims_uri, destination=f"{CONTAINER}/input/claims", input_name="claims"
-                ),
-                ProcessingInput(
-                    source=self.params.customers_uri, destination=f"{CONTAINER}/input/customers", input_name="customers"
-                ),
-            ],
+            inputs=self.raw_inputs(),
             outputs=[self.output("preprocess", name) for name in PREPROCESS_OUTPUTS],
             arguments=[
                 "--validation-fraction",
@@ -205,6 +258,8 @@ class Builder:
                 str(config.data.test_fraction),
                 "--seed",
                 str(config.data.seed),
+                "--data-version",
+                JsonGet(step_name="DataVersion", property_file=version, json_path="version"),
             ],
         )
         return ProcessingStep(name="Preprocess", step_args=step_args, cache_config=self.cache)
@@ -241,25 +296,70 @@ class Builder:
         )
         return ProcessingStep(name="FeatureStoreIngest", step_args=step_args, cache_config=self.cache)
 
-    def bias_check(self, preprocess: ProcessingStep) -> ClarifyCheckStep:
-        config, bias = self.config, self.config.bias
-        check_config = DataBiasCheckConfig(
-            data_config=DataConfig(
-                s3_data_input_path=Join(on="/", values=[_output(preprocess, "headered"), "train.csv"]),
-                s3_output_path=self.output_uri("bias-check", "report"),
-                s3_analysis_config_output_path=self.uri("bias-check", "config"),
-                label=bias.label,
-                dataset_type="text/csv",
-                excluded_columns=["policy_id"],
-            ),
-            data_bias_config=BiasConfig(
-                label_values_or_threshold=[bias.positive_label],
-                facet_name=bias.facet,
-                facet_values_or_threshold=bias.facet_values,
-            ),
-            methods=bias.metrics,
-            kms_key=_kms(config),
+    def upload(self, document: dict, kind: str, name: str) -> str:
+        """Upload a JSON document under a key named by its content hash: bias-check/<kind>/<sha256[:16]>/<name>.
+
+        An edit makes a new key (so the definition changes and cached steps re-run), and an upsert never
+        rewrites a file that running executions read.
+        """
+        body = json.dumps(document)
+        key = s3_key(self.config.aws.prefix, "bias-check", kind, _digest(body), name)
+        self.session.upload_string_as_file_body(body, self.bucket, key, _kms(self.config))
+        return s3_uri(self.bucket, key)
+
+    def bias_gate(self, preprocess: ProcessingStep) -> BiasGate:
+        """The pre-training bias gate (bias.engine): Clarify's ClarifyCheckStep, or the same check as a
+        processing step with smclarify. Either way it checks against a baseline made of bias.thresholds
+        (a metric farther from 0 than its limit fails the run), supplied to the step, so no earlier
+        approved model is needed and the gate means the same in the cloud and locally."""
+        bias = self.config.bias
+        data_config = DataConfig(
+            s3_data_input_path=Join(on="/", values=[_output(preprocess, "headered"), "train.csv"]),
+            s3_output_path=self.output_uri("bias-check", "report"),
+            label=bias.label,
+            dataset_type="text/csv",
+            excluded_columns=["policy_id"],
         )
+        bias_config = BiasConfig(
+            label_values_or_threshold=[bias.positive_label],
+            facet_name=bias.facet,
+            facet_values_or_threshold=bias.facet_values,
+        )
+        analysis_config = {
+            **data_config.get_config(),
+            **bias_config.get_config(),
+            "methods": {"pre_training_bias": {"methods": bias.metrics}, **CLARIFY_REPORT},
+        }
+        baseline = _bias_script().baseline_from_thresholds(
+            dict(bias.thresholds),
+            _bias_script().Settings(
+                bias.label, [bias.positive_label], bias.facet, list(bias.facet_values), bias.metrics
+            ),
+        )
+        monitoring_config = BiasAnalysisConfig(bias_config, headers=None, label=bias.label)._to_dict()
+        supplied = self.upload(baseline, "baseline", "constraints.json")
+        config_file = self.upload(monitoring_config, "monitoring", "analysis_config.json")
+        if bias.engine == "clarify":
+            data_config.s3_analysis_config_output_path = self.uri(
+                "bias-check", "config", _digest(json.dumps(analysis_config))
+            )
+            step = self.clarify_check(
+                DataBiasCheckConfig(
+                    data_config, data_bias_config=bias_config, methods=bias.metrics, kms_key=_kms(self.config)
+                ),
+                supplied,
+            )
+            calculated = step.properties.CalculatedBaselineConstraints
+            drift = step.properties.BaselineUsedForDriftCheckConstraints
+        else:
+            config_uri = self.upload(analysis_config, "config", "analysis_config.json")
+            step = self.smclarify_check(data_config.s3_data_input_path, config_uri, supplied)
+            calculated = Join(on="/", values=[_output(step, "report"), "analysis.json"])
+            drift = Join(on="/", values=[_output(step, "baseline"), "constraints.json"])
+        return BiasGate(step, calculated, drift, config_file)
+
+    def clarify_check(self, check_config: DataBiasCheckConfig, supplied: str) -> ClarifyCheckStep:
+        config, bias = self.config, self.config.bias
         job_config = CheckJobConfig(
             role=config.aws.role_arn,
             instance_count=bias.compute.instance_count,
@@ -278,10 +378,41 @@ class Builder:
             check_job_config=job_config,
             skip_check=self.params.skip_bias_check,
             register_new_baseline=self.params.register_new_bias_baseline,
-            supplied_baseline_constraints=bias.supplied_baseline_constraints or None,
+            supplied_baseline_constraints=supplied,
             model_package_group_name=config.registry.model_package_group,
             cache_config=self.cache,
         )
+
+    def smclarify_check(self, dataset, config_uri: str, supplied: str) -> ProcessingStep:
+        """ClarifyCheckStep's data bias check as a processing step: processing/bias.py computes the metrics with
+        smclarify from the same analysis config, checks them against the same supplied baseline with the same
+        flags, and writes the calculated analysis (output report) and the drift-check baseline (output baseline)."""
+        bias = self.config.bias
+        inputs = {"data": dataset, "config": config_uri, "baseline": supplied}
+        step_args = self.processor("bias", bias.compute).run(
+            code="bias.py",
+            source_dir=self.source("processing"),
+            inputs=[
+                ProcessingInput(source=source, destination=f"{CONTAINER}/input/{name}", input_name=name)
+                for name, source in inputs.items()
+            ],
+            outputs=[self.output("bias-check", "report"), self.output("bias-check", "baseline")],
+            arguments=[
+                "--analysis-config",
+                f"{CONTAINER}/input/config/analysis_config.json",
+                "--baseline",
+                f"{CONTAINER}/input/baseline",
+                "--skip-check",
+                Join(on="", values=[self.params.skip_bias_check]),
+                "--register-new-baseline",
+                Join(on="", values=[self.params.register_new_bias_baseline]),
+                "--output-dir",
+                f"{CONTAINER}/output/report",
+                "--drift-baseline-dir",
+                f"{CONTAINER}/output/baseline",
+            ],
+        )
+        return ProcessingStep(name="DataBiasCheck", step_args=step_args, cache_config=self.cache)
 
     def estimator(self) -> Estimator:
         config, security = self.config, self.config.security
@@ -315,7 +446,7 @@ class Builder:
             for name in ("train", "validation", "manifest")
         }
 
-    def tune(self, preprocess: ProcessingStep, estimator: Estimator, gate: ClarifyCheckStep) -> TuningStep:
+    def tune(self, preprocess: ProcessingStep, estimator: Estimator, gate: Step) -> TuningStep:
         """Hyperparameter search; starts only once the data passed the bias gate."""
         tuning = self.config.tuning
         tuner = HyperparameterTuner(
@@ -361,7 +492,11 @@ class Builder:
         step = ProcessingStep(name="Evaluate", step_args=step_args, property_files=[report], cache_config=self.cache)
         return step, report
 
-    def register(self, evaluate: ProcessingStep, report: PropertyFile, bias: ClarifyCheckStep, model_data) -> ModelStep:
+    def register(
+        self, evaluate: ProcessingStep, report: PropertyFile, gate: BiasGate, model_data, lineage: dict
+    ) -> ModelStep:
+        """The model package: the model and its serving image, its quality and bias reports, the bias drift
+        baselines, and as metadata the operating threshold and `lineage` (where the model came from)."""
         config, registry = self.config, self.config.registry
         model = Model(
             image_uri=config.aws.image_uri,
@@ -372,9 +507,7 @@ class Builder:
         evaluation_uri = Join(on="/", values=[_output(evaluate, "evaluation"), "evaluation.json"])
         metrics = ModelMetrics(
             model_statistics=MetricsSource(s3_uri=evaluation_uri, content_type="application/json"),
-            bias_pre_training=MetricsSource(
-                s3_uri=bias.properties.CalculatedBaselineConstraints, content_type="application/json"
-            ),
+            bias_pre_training=MetricsSource(s3_uri=gate.calculated, content_type="application/json"),
         )
         step_args = model.register(
             content_types=registry.content_types,
@@ -386,18 +519,29 @@ class Builder:
             model_metrics=metrics,
             drift_check_baselines=DriftCheckBaselines(
                 bias_pre_training_constraints=MetricsSource(
-                    s3_uri=bias.properties.BaselineUsedForDriftCheckConstraints, content_type="application/json"
-                )
+                    s3_uri=gate.drift_baseline, content_type="application/json"
+                ),
+                bias_config_file=FileSource(s3_uri=gate.config_file, content_type="application/json"),
             ),
             customer_metadata_properties={
                 "threshold": Join(
                     on="", values=[JsonGet(step_name=evaluate.name, property_file=report, json_path=THRESHOLD_PATH)]
                 ),
                 "threshold_method": config.evaluation.threshold.method,
+                **lineage,
             },
             description=config.project.description,
         )
         return ModelStep(name="Register", step_args=step_args)
+
+    def check_new_model(self, evaluate: ProcessingStep, if_steps: list) -> ConditionStep:
+        """Register only a model this execution evaluated. When Evaluate is a cache hit (the same data, code and
+        parameters as an earlier execution), its outputs are that execution's, and so is the model: it is in
+        the registry already, and registering it again would add a duplicate version."""
+        evaluated_here = ConditionEquals(
+            left=_output(evaluate, "evaluation"), right=self.output_uri("evaluate", "evaluation")
+        )
+        return ConditionStep(name="CheckNewModel", conditions=[evaluated_here], if_steps=if_steps, else_steps=[])
 
     def check_auc(self, evaluate: ProcessingStep, report: PropertyFile, if_steps: list) -> ConditionStep:
         auc = JsonGet(step_name=evaluate.name, property_file=report, json_path=AUC_PATH)
@@ -501,24 +645,32 @@ def _range(spec):
 
 
 def get_pipeline(config: Config, session) -> Pipeline:
-    """The cloud graph: Preprocess, FeatureStoreIngest, DataBiasCheck, Tune, Evaluate, CheckAuc, Register/Fail.
+    """The graph: DataVersion, Preprocess, FeatureStoreIngest, DataBiasCheck, Tune, Evaluate,
+    CheckAuc -> CheckNewModel -> Register, or AucBelowThreshold (Fail).
 
     Call it, and the pipeline's definition()/upsert(), inside project_root().
     """
     build = Builder(config, session)
-    preprocess = build.preprocess()
+    version_step, version = build.data_version()
+    preprocess = build.preprocess(version)
     ingest = build.ingest(preprocess)
-    bias = build.bias_check(preprocess)
+    gate = build.bias_gate(preprocess)
     estimator = build.estimator()
-    tune = build.tune(preprocess, estimator, bias)
+    tune = build.tune(preprocess, estimator, gate.step)
     model_data = tune.get_top_model_s3_uri(top_k=0, s3_bucket=build.bucket, prefix=s3_key(config.aws.prefix, "models"))
     evaluate, report = build.evaluate(preprocess, model_data)
-    register = build.register(evaluate, report, bias, model_data)
-    check = build.check_auc(evaluate, report, [register])
+    lineage = {
+        "data_version": Join(
+            on="", values=[JsonGet(step_name=version_step.name, property_file=version, json_path="version")]
+        ),
+        "training_job": tune.properties.TrainingJobSummaries[0].TrainingJobName,
+    }
+    register = build.register(evaluate, report, gate, model_data, lineage)
+    check = build.check_auc(evaluate, report, [build.check_new_model(evaluate, [register])])
     return Pipeline(
         name=config.project.name,
         parameters=build.params.all(),
-        steps=[preprocess, ingest, bias, tune, evaluate, check],
+        steps=[version_step, preprocess, ingest, gate.step, tune, evaluate, check],
         sagemaker_session=session,
     )
 
@@ -532,7 +684,8 @@ def get_local_pipeline(config: Config, session, code_session) -> Pipeline:
     `code_session` one with local code (the training container mounts training/ from the checkout).
     """
     build = Builder(config, session, code_session)
-    preprocess = build.preprocess()
+    version_step, version = build.data_version()
+    preprocess = build.preprocess(version)
     ingest = build.ingest_offline(preprocess)
     bias = build.bias_check_local(preprocess)
     train = build.train(preprocess, build.estimator(), bias)
@@ -542,6 +695,6 @@ def get_local_pipeline(config: Config, session, code_session) -> Pipeline:
     return Pipeline(
         name=f"{config.project.name}-local",
         parameters=build.params.all(),
-        steps=[preprocess, ingest, bias, train, evaluate, check],
+        steps=[version_step, preprocess, ingest, bias, train, evaluate, check],
         sagemaker_session=session,
     )

@@ -6,6 +6,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
@@ -45,17 +46,12 @@ def boto_session(config: Config) -> boto3.Session:
     return boto3.Session(region_name=config.aws.region)
 
 
-def definition(config: Config) -> str:
-    """The pipeline definition JSON, built offline: no credentials, no network.
-
-    The SDK uploads step code while it builds; here those uploads go to an in-memory S3 (moto).
-    Code paths are keyed by content hash, so the JSON equals what `upsert` publishes for the same
-    bucket and role. Without them configured, placeholders stand in.
-    """
+@contextmanager
+def offline_session(config: Config) -> Iterator[tuple[Config, object]]:
+    """A PipelineSession on an in-memory AWS (moto), with the configured (or a placeholder) bucket and role:
+    the SDK uploads step code while it builds a definition, and the builder its bias baseline and configs."""
     from moto import mock_aws
     from sagemaker.workflow.pipeline_context import PipelineSession
-
-    from pipelines.pipeline import get_pipeline, project_root
 
     aws = config.aws.model_copy(
         update={"bucket": config.aws.bucket or PLACEHOLDER_BUCKET, "role_arn": config.aws.role_arn or PLACEHOLDER_ROLE}
@@ -68,9 +64,20 @@ def definition(config: Config) -> str:
             s3.create_bucket(Bucket=aws.bucket)
         else:
             s3.create_bucket(Bucket=aws.bucket, CreateBucketConfiguration={"LocationConstraint": config.aws.region})
-        pipeline_session = PipelineSession(boto_session=session, default_bucket=aws.bucket)
-        with project_root():
-            return canonical_json(get_pipeline(config, pipeline_session).definition())
+        yield config, PipelineSession(boto_session=session, default_bucket=aws.bucket)
+
+
+def definition(config: Config) -> str:
+    """The pipeline definition JSON, built offline: no credentials, no network.
+
+    The SDK uploads step code while it builds; here those uploads go to an in-memory S3 (moto).
+    Code paths are keyed by content hash, so the JSON equals what `upsert` publishes for the same
+    bucket and role. Without them configured, placeholders stand in.
+    """
+    from pipelines.pipeline import get_pipeline, project_root
+
+    with offline_session(config) as (config, session), project_root():
+        return canonical_json(get_pipeline(config, session).definition())
 
 
 def canonical_json(document: str) -> str:

@@ -1,21 +1,35 @@
-"""Pre-training data bias with smclarify (the library behind SageMaker Clarify): Clarify's metrics and analysis.json.
+"""Pre-training data bias with smclarify (the library behind SageMaker Clarify), checked against a baseline.
 
 Runs in a SageMaker processing container (defaults under /opt/ml/processing) or bare:
 
     python processing/bias.py --dataset out/headered/train.csv --output-dir out/bias \
         --thresholds DPL=0.1,KL=0.1,JS=0.05,TVD=0.1,KS=0.1
 
-Writes, under the output directory, before judging the thresholds:
-    analysis.json     Clarify's shape: {"version": "1.0", "pre_training_bias_metrics": {"label",
-                      "label_value_or_threshold", "facets": {<facet>: [{"value_or_threshold",
-                      "metrics": [{"name", "description", "value"}, ...]}]}}}
-    violations.json   {"version": "1.0", "violations": [...]}: metrics whose |value| exceeds their threshold,
-                      and metrics that could not be computed
-    report.md         the metrics as a table
+What to compute: Clarify's own analysis_config.json (--analysis-config, as ClarifyCheckStep generates it: label,
+label_values_or_threshold, facet, methods.pre_training_bias.methods), or the flags --label, --positive-label,
+--facet, --facet-values and --metrics.
 
-A violation fails the step like a ClarifyCheckStep: exit code 1, with a message naming each metric, its
-value and its threshold on stderr and in /opt/ml/output/message (the processing job's ExitMessage).
-Bad input (no dataset, a missing label or facet column, a facet value absent from the data) exits with code 2.
+The check is a ClarifyCheckStep's, with Clarify's bias drift rule
+(https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-quality-clarify-baseline-lifecycle.html,
+https://docs.aws.amazon.com/sagemaker/latest/dg/clarify-model-monitor-bias-drift-violations.html): a metric of
+the baseline is violated when its calculated value is farther from 0 (the balanced value) than the baseline's,
+or could not be computed; metrics the baseline does not name are reported, not judged. The baseline is
+--baseline (a Clarify analysis.json, or a folder holding one), or --thresholds METRIC=LIMIT,... (a baseline made
+of those limits: the one the pipeline generates from pipeline.yaml's bias.thresholds).
+    --skip-check true            compute and write, judge nothing (skip_check)
+    --fail-on-violation false    write the violations, exit 0 (fail_on_violation)
+    --drift-baseline-dir DIR     write the step's BaselineUsedForDriftCheckConstraints there as constraints.json:
+                                 the calculated analysis with --register-new-baseline true, else the baseline
+
+Writes under --output-dir, as Clarify does: analysis.json (Clarify's shape: {"version": "1.0",
+"pre_training_bias_metrics": {"label", "label_value_or_threshold", "facets": {<facet>: [{"value_or_threshold",
+"metrics": [{"name", "description", "value"}, ...]}]}}}), report.md, and constraint_violations.json when there
+are violations ({"version": "1.0", "violations": [{"facet", "facet_value", "metric_name",
+"constraint_check_type": "bias_drift_check", "description", "value", "baseline"}]}).
+
+A violation exits 1, with a message naming each metric, its value and the baseline's on stderr and in
+/opt/ml/output/message (the processing job's ExitMessage). Bad input (no dataset, a missing label or facet
+column, a facet value absent from the data, an unreadable configuration or baseline) exits 2, writing nothing.
 
 The facet and the label are treated as categorical. (smclarify would call any integer column with more
 than 5% distinct values continuous, so a 0/1 column of fewer than 40 rows would become a threshold.)
@@ -26,7 +40,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -38,10 +54,24 @@ PROCESSING = Path("/opt/ml/processing")
 MESSAGE_FILE = Path("/opt/ml/output/message")
 METRICS = ("CI", "DPL", "KL", "JS", "LP", "TVD", "KS")
 KNOWN_METRICS = sorted(f.__name__ for f in smclarify.bias.metrics.PRETRAINING_METRICS)
+SECTION = "pre_training_bias_metrics"
+VIOLATIONS_FILE = "constraint_violations.json"
+DRIFT_BASELINE_FILE = "constraints.json"
 
 
 class InputError(ValueError):
     """Input the step cannot use (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to compute: the label and its positive values, the facet and its sensitive values, the metrics."""
+
+    label: str
+    positive_label: list
+    facet: str
+    facet_values: list
+    metrics: list[str]
 
 
 def parse_value(text: str) -> int | float | str:
@@ -58,8 +88,8 @@ def values(text: str) -> list[int | float | str]:
     return [parse_value(v.strip()) for v in text.split(",") if v.strip()]
 
 
-def metric_names(text: str) -> list[str]:
-    names = [m.strip() for m in text.split(",") if m.strip()]
+def metric_names(text: str | list[str]) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()] if isinstance(text, str) else list(text)
     unknown = [m for m in names if m not in KNOWN_METRICS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
@@ -78,6 +108,77 @@ def thresholds(text: str) -> dict[str, float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{item!r} is not METRIC=NUMBER") from None
     return result
+
+
+def boolean(text: str) -> bool:
+    """true/false as a pipeline renders a Boolean parameter (any case; 1/0 too)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def facet_value_text(facet_values: list) -> str:
+    """A facet's value_or_threshold as Clarify (smclarify) writes it in analysis.json."""
+    return ",".join(map(str, facet_values))
+
+
+def baseline_from_thresholds(limits: dict[str, float], settings: Settings) -> dict:
+    """The baseline a ClarifyCheckStep checks against, in analysis.json's layout, made of configured limits:
+    a metric farther from 0 than its limit is a violation; metrics without a limit are not judged."""
+    metrics = [
+        {"name": name, "description": "limit (bias.thresholds)", "value": limits[name]} for name in sorted(limits)
+    ]
+    return {
+        "version": "1.0",
+        SECTION: {
+            "label": settings.label,
+            "label_value_or_threshold": facet_value_text(settings.positive_label),
+            "facets": {
+                settings.facet: [{"value_or_threshold": facet_value_text(settings.facet_values), "metrics": metrics}]
+            },
+        },
+    }
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from a file, or from the only .json file of a folder (as a processing input is)."""
+    if path.is_dir():
+        found = sorted(path.glob("*.json"))
+        if len(found) != 1:
+            raise InputError(f"{path}: expected exactly one .json file ({what}), found {len(found)}")
+        path = found[0]
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found ({what})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a readable JSON {what} ({error})") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: the {what} must be a JSON object")
+    return document
+
+
+def settings_from_analysis_config(path: Path) -> Settings:
+    """Settings from Clarify's analysis_config.json (the keys a pre-training bias analysis uses)."""
+    config = read_json(path, "Clarify analysis config")
+    try:
+        [facet] = config["facet"]
+        methods = config["methods"]["pre_training_bias"]["methods"]
+        settings = Settings(
+            label=config["label"],
+            positive_label=list(config["label_values_or_threshold"]),
+            facet=facet["name_or_index"],
+            facet_values=list(facet["value_or_threshold"]),
+            metrics=list(METRICS) if methods == "all" else metric_names(methods),
+        )
+    except (KeyError, TypeError, ValueError, argparse.ArgumentTypeError) as error:
+        raise InputError(f"{path}: not a pre-training bias analysis config ({type(error).__name__}: {error})") from None
+    if config.get("dataset_type", "text/csv") != "text/csv":
+        raise InputError(f"{path}: dataset_type {config['dataset_type']!r}; this step reads text/csv")
+    return settings
 
 
 def resolve_dataset(path: Path) -> Path:
@@ -99,97 +200,120 @@ def categorical(column: pd.Series) -> pd.Series:
     return column.astype("category")
 
 
-def read_dataset(args: argparse.Namespace) -> pd.DataFrame:
+def read_dataset(dataset: Path, settings: Settings) -> pd.DataFrame:
     """The label and facet columns of the dataset, checked and made categorical."""
-    path = resolve_dataset(args.dataset)
+    path = resolve_dataset(dataset)
     try:
         frame = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not a readable CSV file ({error})") from None
-    missing = [c for c in (args.label, args.facet) if c not in frame]
+    missing = [c for c in (settings.label, settings.facet) if c not in frame]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}; columns: {', '.join(frame.columns)}")
-    frame = frame[[args.facet, args.label]]
+    frame = frame[[settings.facet, settings.label]]
     if frame.empty:
         raise InputError(f"{path}: no data rows")
     for column in frame:
         if frame[column].isna().any():
             raise InputError(f"{path}: column '{column}' has {int(frame[column].isna().sum())} empty value(s)")
-    if not frame[args.facet].isin(args.facet_values).any():
-        present = sorted(frame[args.facet].astype(str).unique())
+    if not frame[settings.facet].isin(settings.facet_values).any():
+        present = sorted(frame[settings.facet].astype(str).unique())
         raise InputError(
-            f"{path}: column '{args.facet}': no row has facet value(s) {args.facet_values}; values: {present}"
+            f"{path}: column '{settings.facet}': no row has facet value(s) {settings.facet_values}; values: {present}"
         )
     return frame.apply(categorical)
 
 
-def analysis(frame: pd.DataFrame, args: argparse.Namespace) -> dict:
+def analysis(frame: pd.DataFrame, settings: Settings) -> dict:
     """Clarify's analysis.json document for the pre-training bias metrics."""
-    label = LabelColumn(args.label, frame[args.label], list(args.positive_label))
+    label = LabelColumn(settings.label, frame[settings.label], settings.positive_label)
     facets = bias_report(
-        frame, FacetColumn(args.facet, list(args.facet_values)), label, StageType.PRE_TRAINING, metrics=args.metrics
+        frame,
+        FacetColumn(settings.facet, settings.facet_values),
+        label,
+        StageType.PRE_TRAINING,
+        metrics=settings.metrics,
     )
     return {
         "version": "1.0",
-        "pre_training_bias_metrics": {
-            "label": args.label,
-            "label_value_or_threshold": label_value_or_threshold(frame[args.label], list(args.positive_label)),
-            "facets": {args.facet: facets},
+        SECTION: {
+            "label": settings.label,
+            "label_value_or_threshold": label_value_or_threshold(frame[settings.label], settings.positive_label),
+            "facets": {settings.facet: facets},
         },
     }
 
 
 def facet_reports(document: dict) -> list[tuple[str, dict]]:
-    """(facet name, {"value_or_threshold", "metrics"}) for every facet value in the document."""
-    facets = document["pre_training_bias_metrics"]["facets"]
-    return [(facet, facet_report) for facet, reports in facets.items() for facet_report in reports]
+    """(facet name, {"value_or_threshold", "metrics"}) for every facet value of an analysis.json-shaped document."""
+    return [(facet, report) for facet, reports in document[SECTION]["facets"].items() for report in reports]
+
+
+def metric_table(document: dict, where: str) -> dict[tuple[str, str, str], dict]:
+    """{(facet, facet value, metric name): metric} of an analysis.json-shaped document (InputError if not one)."""
+    try:
+        return {
+            (facet, str(report["value_or_threshold"]), metric["name"]): metric
+            for facet, report in facet_reports(document)
+            for metric in report["metrics"]
+        }
+    except (KeyError, TypeError, AttributeError) as error:
+        message = f"{where}: not a Clarify pre-training bias analysis ({type(error).__name__}: {error})"
+        raise InputError(message) from None
 
 
 def number(value: object) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def violations(document: dict, limits: dict[str, float]) -> list[dict]:
-    """Metrics whose |value| exceeds their threshold (or is not a number), and metrics that could not be computed."""
+def drift_violations(calculated: dict, baseline: dict) -> list[dict]:
+    """Clarify's bias drift rule: each metric of the baseline whose calculated value is farther from 0 than the
+    baseline's, or was not computed, is a violation (constraint_violations.json entries)."""
+    ours, limits = metric_table(calculated, "analysis"), metric_table(baseline, "baseline")
     found = []
-    for facet, facet_report in facet_reports(document):
-        for metric in facet_report["metrics"]:
-            name = metric["name"]
-            entry = {"facet": facet, "facet_value": facet_report["value_or_threshold"], "metric_name": name}
-            if "error" in metric:
-                found.append({**entry, "description": f"could not be computed: {metric['error']}"})
-            elif name in limits and not abs(float(metric["value"])) <= limits[name]:
-                description = f"|{number(metric['value'])}| exceeds the threshold {limits[name]}"
-                found.append({**entry, "value": metric["value"], "threshold": limits[name], "description": description})
+    for (facet, facet_value, name), limit in sorted(limits.items()):
+        entry = {"facet": facet, "facet_value": facet_value, "metric_name": name}
+        entry.update(constraint_check_type="bias_drift_check", baseline=limit["value"])
+        metric = ours.get((facet, facet_value, name))
+        value = None if metric is None else metric.get("value")
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            reason = metric.get("error", "no value") if metric else "not in the analysis"
+            found.append({**entry, "value": None, "description": f"could not be computed: {reason}"})
+        elif abs(value) > abs(limit["value"]):
+            description = f"Value {number(value)} is farther from 0 than the baseline {number(limit['value'])}"
+            found.append({**entry, "value": value, "description": description})
     return found
 
 
-def markdown(document: dict, limits: dict[str, float], found: list[dict]) -> str:
-    """A short human-readable report."""
-    section = document["pre_training_bias_metrics"]
+def markdown(document: dict, baseline: dict | None, found: list[dict]) -> str:
+    """A short human-readable report: each metric, its baseline and whether it passed."""
+    section = document[SECTION]
+    limits = metric_table(baseline, "baseline") if baseline else {}
     failing = {(v["facet"], v["facet_value"], v["metric_name"]) for v in found}
+    judged = "not judged (no baseline, or the check is skipped)" if baseline is None else f"{len(found)} violation(s)"
     lines = [
         "# Pre-training bias report",
         "",
-        f"Label `{section['label']}`, positive value {section['label_value_or_threshold']}; {len(found)} violation(s).",
+        f"Label `{section['label']}`, positive value {section['label_value_or_threshold']}; {judged}.",
     ]
-    for facet, facet_report in facet_reports(document):
-        facet_value = facet_report["value_or_threshold"]
+    for facet, report in facet_reports(document):
+        facet_value = str(report["value_or_threshold"])
         lines += ["", f"## Facet `{facet}` = {facet_value}", ""]
-        lines += ["| metric | description | value | threshold | status |", "|---|---|---|---|---|"]
-        for metric in facet_report["metrics"]:
+        lines += ["| metric | description | value | baseline | status |", "|---|---|---|---|---|"]
+        for metric in report["metrics"]:
+            key = (facet, facet_value, metric["name"])
             value = "error" if "error" in metric else number(metric["value"])
-            status = "VIOLATION" if (facet, facet_value, metric["name"]) in failing else "ok"
-            threshold = limits.get(metric["name"], "")
-            lines.append(f"| {metric['name']} | {metric['description']} | {value} | {threshold} | {status} |")
+            limit = number(limits[key]["value"]) if key in limits else ""
+            status = "VIOLATION" if key in failing else "ok" if limit else ""
+            lines.append(f"| {metric['name']} | {metric['description']} | {value} | {limit} | {status} |")
     return "\n".join(lines) + "\n"
 
 
 def failure_message(found: list[dict]) -> str:
-    """One line naming each violated metric, its value and its threshold."""
+    """One line naming each violated metric, its value and the baseline's."""
     return "bias check failed: " + "; ".join(
-        f"{v['metric_name']} ({v['facet']}={v['facet_value']}) = {number(v['value'])}, threshold {v['threshold']}"
-        if "threshold" in v
+        f"{v['metric_name']} ({v['facet']}={v['facet_value']}) = {number(v['value'])}, baseline {number(v['baseline'])}"
+        if v["value"] is not None
         else f"{v['metric_name']} ({v['facet']}={v['facet_value']}) {v['description']}"
         for v in found
     )
@@ -205,23 +329,24 @@ def write_message(path: Path, message: str) -> None:
         path.write_text(message[:1024] + "\n", encoding="utf-8")
 
 
-def check_thresholds(args: argparse.Namespace) -> None:
-    unmeasured = [m for m in args.thresholds if m not in args.metrics]
-    if unmeasured:
-        raise InputError(f"--thresholds names metric(s) not in --metrics: {', '.join(unmeasured)}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=PROCESSING / "input/data", help="CSV file or directory")
+    parser.add_argument("--analysis-config", type=Path, help="Clarify's analysis_config.json (replaces the next flags)")
     parser.add_argument("--label", default="fraud")
     parser.add_argument("--positive-label", type=values, default=[1], help="comma-separated positive label values")
     parser.add_argument("--facet", default="customer_gender_female")
     parser.add_argument("--facet-values", type=values, default=[1], help="comma-separated sensitive facet values")
     parser.add_argument("--metrics", type=metric_names, default=list(METRICS), help="comma-separated metric names")
+    baseline = parser.add_mutually_exclusive_group()
+    baseline.add_argument("--baseline", type=Path, help="constraints to check against (analysis.json, or its folder)")
+    baseline.add_argument("--thresholds", type=thresholds, help="METRIC=MAX_ABS_VALUE,...: the baseline as limits")
+    parser.add_argument("--skip-check", type=boolean, default=False, help="true: compute, do not judge")
+    parser.add_argument("--fail-on-violation", type=boolean, default=True, help="false: report violations, exit 0")
     parser.add_argument(
-        "--thresholds", type=thresholds, default={}, help="METRIC=MAX_ABS_VALUE,... (none: report only)"
+        "--register-new-baseline", type=boolean, default=False, help="true: drift baseline = calculated"
     )
+    parser.add_argument("--drift-baseline-dir", type=Path, help="where constraints.json (drift-check baseline) goes")
     parser.add_argument("--output-dir", type=Path, default=PROCESSING / "output")
     parser.add_argument(
         "--message-file", type=Path, default=MESSAGE_FILE, help="failure message (when its folder exists)"
@@ -229,24 +354,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def settings_of(args: argparse.Namespace) -> Settings:
+    if args.analysis_config:
+        return settings_from_analysis_config(args.analysis_config)
+    return Settings(args.label, args.positive_label, args.facet, args.facet_values, args.metrics)
+
+
+def baseline_of(args: argparse.Namespace, settings: Settings) -> dict | None:
+    """The baseline to check against (None: nothing to check against)."""
+    if args.thresholds is not None:
+        unmeasured = [m for m in args.thresholds if m not in settings.metrics]
+        if unmeasured:
+            raise InputError(f"--thresholds names metric(s) not in --metrics: {', '.join(unmeasured)}")
+        return baseline_from_thresholds(args.thresholds, settings)
+    if args.baseline is not None:
+        document = read_json(args.baseline, "baseline")
+        metric_table(document, str(args.baseline))
+        return document
+    if args.drift_baseline_dir and not args.register_new_baseline:
+        raise InputError(
+            "no baseline for the drift check: pass --baseline or --thresholds, or --register-new-baseline true"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     try:
-        check_thresholds(args)
-        frame = read_dataset(args)
+        settings = settings_of(args)
+        baseline = baseline_of(args, settings)
+        frame = read_dataset(args.dataset, settings)
     except InputError as error:
         print(f"bias: error: {error}", file=sys.stderr)
         write_message(args.message_file, f"bias: error: {error}")
         return 2
-    document = analysis(frame, args)
-    found = violations(document, args.thresholds)
+    document = analysis(frame, settings)
+    judged = baseline is not None and not args.skip_check
+    found = drift_violations(document, baseline) if judged else []
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(args.output_dir / "analysis.json", document)
-    write_json(args.output_dir / "violations.json", {"version": "1.0", "violations": found})
-    (args.output_dir / "report.md").write_text(markdown(document, args.thresholds, found))
-    log.info("wrote analysis.json, violations.json and report.md under %s", args.output_dir)
+    (args.output_dir / "report.md").write_text(markdown(document, baseline if judged else None, found))
     if found:
+        write_json(args.output_dir / VIOLATIONS_FILE, {"version": "1.0", "violations": found})
+    if args.drift_baseline_dir:
+        args.drift_baseline_dir.mkdir(parents=True, exist_ok=True)
+        drift = document if args.register_new_baseline else baseline
+        write_json(args.drift_baseline_dir / DRIFT_BASELINE_FILE, drift)
+    verdict = "check skipped" if args.skip_check else f"{len(found)} violation(s)" if judged else "no baseline"
+    log.info("wrote analysis.json and report.md under %s (%s)", args.output_dir, verdict)
+    if found and args.fail_on_violation:
         message = failure_message(found)
         print(message, file=sys.stderr)
         write_message(args.message_file, message)

@@ -11,7 +11,8 @@ Writes, under the output directory:
     manifest/manifest.json                                      row counts, fraud rates, the ordered features
 
 Input that breaks the contract exits with code 2 and a message naming the file, the column and the
-offending rows, before anything is written.
+offending rows, before anything is written. With --data-version (the pipeline's DataVersion step), inputs
+whose fingerprint differs from it (the data changed since that step read it) exit with code 2 too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+import data_version
 from features import (
     CLAIMS_SCHEMA,
     CUSTOMERS_SCHEMA,
@@ -125,8 +127,24 @@ def split(joined: pd.DataFrame, validation_fraction: float, test_fraction: float
     }
 
 
+def check_data_version(args: argparse.Namespace) -> None:
+    """The inputs must be the data the DataVersion step fingerprinted (and so the data the cache key names)."""
+    if args.data_version is None:
+        return
+    try:
+        found = data_version.describe({"claims": args.claims, "customers": args.customers})["version"]
+    except data_version.InputError as error:
+        raise ContractError(str(error)) from None
+    if found != args.data_version:
+        raise ContractError(
+            f"{args.claims}, {args.customers}: the data changed during the execution (data version "
+            f"{args.data_version} expected, {found} found); start a new execution"
+        )
+
+
 def prepare(args: argparse.Namespace) -> tuple[dict[Path, pd.DataFrame | dict], dict]:
     """Everything the step writes, computed in memory: {relative path: table or JSON document}."""
+    check_data_version(args)
     claims_raw = read_table(args.claims, "claims", CLAIMS_SCHEMA)
     customers_raw = read_table(args.customers, "customers", CUSTOMERS_SCHEMA)
     claims_raw, claims_dropped = latest_per_policy(claims_raw, str(args.claims))
@@ -160,6 +178,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict[Path, pd.DataFrame | dict], 
         "validation_fraction": args.validation_fraction,
         "test_fraction": args.test_fraction,
         "default_event_time": event_time,
+        "data_version": args.data_version,
     }
     outputs[Path("manifest/manifest.json")] = manifest
     return outputs, manifest
@@ -207,6 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="epoch seconds for rows without an event_time column (default: now)",
     )
+    parser.add_argument("--data-version", help="the inputs' fingerprint (data_version.py); a mismatch is an error")
     return parser.parse_args(argv)
 
 

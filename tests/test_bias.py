@@ -1,4 +1,5 @@
-"""processing/bias.py: Clarify-shaped pre-training bias metrics with smclarify, and the check that fails the step."""
+"""processing/bias.py: Clarify-shaped pre-training bias metrics with smclarify, and the ClarifyCheckStep's check
+against a baseline (Clarify's bias drift rule: farther from 0 than the baseline is a violation)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_generated_data_gets_every_metric_in_clarify_shape(splits, tmp_path):
     assert [m["name"] for m in facet["metrics"]] == METRICS
     assert all(set(m) == {"name", "description", "value"} and math.isfinite(m["value"]) for m in facet["metrics"])
     assert facet["metrics"][0]["description"] == "Class Imbalance (CI)"
-    assert json.loads((output / "violations.json").read_text()) == {"version": "1.0", "violations": []}
+    assert not (output / "constraint_violations.json").exists()
     assert "| DPL | Difference in Positive Proportions in Labels (DPL) |" in (output / "report.md").read_text()
     assert not (tmp_path / "message").exists()
 
@@ -57,7 +58,7 @@ def test_generated_data_gets_every_metric_in_clarify_shape(splits, tmp_path):
 def test_output_is_deterministic(splits, tmp_path):
     for name in ("a", "b"):
         assert run(splits / "headered" / "train.csv", tmp_path / name, "--thresholds", THRESHOLDS) in (0, 1)
-    for file in ("analysis.json", "violations.json", "report.md"):
+    for file in ("analysis.json", "report.md"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
@@ -78,12 +79,14 @@ def test_strong_imbalance_fails_like_a_clarify_check(tmp_path):
         "--message-file", str(tmp_path / "message"),
     )  # fmt: skip
     assert result.returncode == 1
-    assert "bias check failed: DPL (customer_gender_female=1) = -0.4, threshold 0.1" in result.stderr
+    assert "bias check failed: DPL (customer_gender_female=1) = -0.4, baseline 0.1" in result.stderr
     assert (tmp_path / "message").read_text().startswith("bias check failed: DPL")
-    violations = json.loads((tmp_path / "out" / "violations.json").read_text())["violations"]
+    violations = json.loads((tmp_path / "out" / "constraint_violations.json").read_text())["violations"]
     assert {v["metric_name"] for v in violations} == {"DPL", "KL", "JS", "TVD", "KS"}
     dpl = next(v for v in violations if v["metric_name"] == "DPL")
-    assert dpl["value"] == pytest.approx(-0.4) and dpl["threshold"] == 0.1 and dpl["facet_value"] == "1"
+    assert dpl["value"] == pytest.approx(-0.4) and dpl["baseline"] == 0.1 and dpl["facet_value"] == "1"
+    assert dpl["constraint_check_type"] == "bias_drift_check"
+    assert dpl["description"] == "Value -0.4 is farther from 0 than the baseline 0.1"
     assert metrics(tmp_path / "out")["DPL"] == pytest.approx(-0.4)
     assert (
         "| DPL | Difference in Positive Proportions in Labels (DPL) | -0.4 | 0.1 | VIOLATION |"
@@ -123,6 +126,116 @@ def test_bad_input_exits_2_with_a_clear_error(tmp_path, capsys, frame, extra, me
     assert run(tmp_path / "d.csv", tmp_path / "out", *extra) == 2
     assert message in capsys.readouterr().err
     assert message in (tmp_path / "message").read_text()
+    assert not (tmp_path / "out").exists()
+
+
+# 30 rows: DPL -0.4, CI 1/3
+SKEWED = ([1] * 10 + [0] * 20, [1] * 5 + [0] * 5 + [1] * 2 + [0] * 18)
+
+
+def baseline_file(path: Path, **limits: float) -> Path:
+    settings = bias.Settings("fraud", [1], "customer_gender_female", [1], list(bias.METRICS))
+    path.write_text(json.dumps(bias.baseline_from_thresholds(limits, settings)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("limits", "violated"),
+    [
+        ({"DPL": 0.5}, set()),  # |-0.4| <= 0.5
+        ({"DPL": -0.5}, set()),  # the sign of the baseline does not matter: farther from 0 is worse
+        ({"DPL": 0.39}, {"DPL"}),
+        ({"CI": 0.3, "DPL": 0.41}, {"CI"}),  # CI 1/3
+        ({"TVD": 100.0}, set()),  # only the metrics of the baseline are judged
+    ],
+)
+def test_a_metric_farther_from_zero_than_its_baseline_is_a_violation(tmp_path, limits, violated):
+    dataset = write_dataset(tmp_path / "d.csv", *SKEWED)
+    code = run(dataset, tmp_path / "out", "--baseline", str(baseline_file(tmp_path / "b.json", **limits)))
+    assert code == (1 if violated else 0)
+    violations = tmp_path / "out" / "constraint_violations.json"
+    found = {v["metric_name"] for v in json.loads(violations.read_text())["violations"]} if violated else set()
+    assert found == violated
+    assert violations.exists() == bool(violated)
+
+
+def test_a_baseline_metric_that_was_not_computed_is_a_violation(tmp_path, capsys):
+    dataset = write_dataset(tmp_path / "d.csv", *SKEWED)
+    baseline = baseline_file(tmp_path / "b.json", DPL=1.0)
+    assert run(dataset, tmp_path / "out", "--metrics", "CI", "--baseline", str(baseline)) == 1
+    assert "DPL (customer_gender_female=1) could not be computed: not in the analysis" in capsys.readouterr().err
+
+
+def test_analysis_config_of_a_clarify_check_sets_what_is_computed(tmp_path):
+    frame = pd.DataFrame({"policy_id": range(40), "label": ["yes", "no"] * 20, "gender": ["f", "m", "m", "m"] * 10})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    config = {  # as the SageMaker SDK writes it for a DataBiasCheckConfig
+        "dataset_type": "text/csv",
+        "label": "label",
+        "label_values_or_threshold": ["yes"],
+        "facet": [{"name_or_index": "gender", "value_or_threshold": ["f"]}],
+        "excluded_columns": ["policy_id"],
+        "methods": {"pre_training_bias": {"methods": ["CI", "DPL"]}, "report": {"name": "report", "title": "Report"}},
+    }
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "analysis_config.json").write_text(json.dumps(config))
+    assert (
+        run(
+            tmp_path / "d.csv", tmp_path / "out", "--analysis-config", str(tmp_path / "config" / "analysis_config.json")
+        )
+        == 0
+    )
+    analysis = json.loads((tmp_path / "out" / "analysis.json").read_text())["pre_training_bias_metrics"]
+    assert analysis["label"] == "label"
+    [facet] = analysis["facets"]["gender"]
+    assert facet["value_or_threshold"] == "f"
+    assert [m["name"] for m in facet["metrics"]] == ["CI", "DPL"]
+    assert facet["metrics"][0]["value"] == pytest.approx(0.5)  # 30 m, 10 f
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "drift_is"),
+    [
+        (["--skip-check", "true"], 0, "baseline"),
+        (["--skip-check", "True", "--register-new-baseline", "true"], 0, "calculated"),
+        (["--register-new-baseline", "true"], 1, "calculated"),
+        (["--fail-on-violation", "false"], 0, "baseline"),
+        ([], 1, "baseline"),
+    ],
+)
+def test_check_flags_and_the_baseline_used_for_drift_checks(tmp_path, flags, code, drift_is):
+    """As ClarifyCheckStep documents them: skip_check judges nothing, register_new_baseline makes the calculated
+    analysis the drift-check baseline, fail_on_violation false reports without failing."""
+    dataset = write_dataset(tmp_path / "d.csv", *SKEWED)
+    baseline = baseline_file(tmp_path / "b.json", DPL=0.1)
+    argv = ["--baseline", str(baseline), "--drift-baseline-dir", str(tmp_path / "drift"), *flags]
+    assert run(dataset, tmp_path / "out", *argv) == code
+    drift = json.loads((tmp_path / "drift" / "constraints.json").read_text())
+    calculated = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert drift == (calculated if drift_is == "calculated" else json.loads(baseline.read_text()))
+    skipped = "--skip-check" in flags
+    assert (tmp_path / "out" / "constraint_violations.json").exists() == (not skipped)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--drift-baseline-dir", "drift"], "no baseline for the drift check"),
+        (["--baseline", "missing.json"], "missing.json: file not found (baseline)"),
+        (["--skip-check", "maybe"], None),
+    ],
+)
+def test_bad_check_settings_exit_2(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    dataset = write_dataset(tmp_path / "d.csv", *SKEWED)
+    if message is None:
+        with pytest.raises(SystemExit) as exit_:
+            run(dataset, tmp_path / "out", *extra)
+        assert exit_.value.code == 2
+        assert "'maybe' is not true or false" in capsys.readouterr().err
+        return
+    assert run(dataset, tmp_path / "out", *extra) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

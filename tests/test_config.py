@@ -110,3 +110,20 @@ def test_file_errors_name_the_file(tmp_path):
     scalar.write_text("just a string\n")
     with pytest.raises(cfg.ConfigError, match=r"scalar\.yaml: the configuration must be a mapping"):
         cfg.load(scalar)
+
+
+def test_a_limit_for_a_metric_that_is_not_computed_is_rejected(document):
+    with pytest.raises(cfg.ConfigError, match=r"bias: thresholds for metric\(s\) not in metrics: KS"):
+        parse_with(document, "bias.metrics", ["CI", "DPL", "KL", "JS", "TVD"])
+
+
+def test_bias_engine_is_clarify_or_smclarify(document):
+    assert parse_with(document, "bias.engine", "smclarify").bias.engine == "smclarify"
+    with pytest.raises(cfg.ConfigError, match=r"bias\.engine: 'sagemaker'"):
+        parse_with(document, "bias.engine", "sagemaker")
+
+
+@pytest.mark.parametrize("key", ["supplied_baseline_constraints", "supplied_baseline_statistics"])
+def test_supplied_baselines_are_gone_the_thresholds_are_the_baseline(document, key):
+    with pytest.raises(cfg.ConfigError, match=rf"bias\.{key}: unknown key"):
+        parse_with(document, f"bias.{key}", "s3://bucket/constraints.json")

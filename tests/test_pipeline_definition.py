@@ -1,11 +1,14 @@
 """The cloud graph, held to its JSON definition (built offline: no credentials, no network)."""
 
+import hashlib
 import json
 
 import pytest
 
+import bias
 from pipelines import config as cfg
-from pipelines.publish import PLACEHOLDER_BUCKET, definition
+from pipelines.pipeline import get_pipeline, project_root
+from pipelines.publish import PLACEHOLDER_BUCKET, canonical_json, definition, offline_session
 
 ROLE = "arn:aws:iam::000000000000:role/test"
 ENV = {"SAGEMAKER_ROLE_ARN": ROLE, "SAGEMAKER_BUCKET": "test-bucket"}
@@ -67,12 +70,14 @@ def references(value) -> set[str]:
 def test_every_step_and_its_type(doc):
     types = {name: step["Type"] for name, step in all_steps(doc).items()}
     assert types == {
+        "DataVersion": "Processing",
         "Preprocess": "Processing",
         "FeatureStoreIngest": "Processing",
         "DataBiasCheck": "ClarifyCheck",
         "Tune": "Tuning",
         "Evaluate": "Processing",
         "CheckAuc": "Condition",
+        "CheckNewModel": "Condition",
         "Register-RegisterModel": "RegisterModel",
         "AucBelowThreshold": "Fail",
     }
@@ -80,12 +85,18 @@ def test_every_step_and_its_type(doc):
 
 def test_dependencies_follow_the_data(doc):
     steps = all_steps(doc)
-    assert references(steps["Preprocess"]["Arguments"]) == set()
+    assert references(steps["DataVersion"]["Arguments"]) == set()
+    assert references(steps["Preprocess"]["Arguments"]) == {"DataVersion"}
     assert references(steps["FeatureStoreIngest"]["Arguments"]) == {"Preprocess"}
     assert references(steps["Tune"]["Arguments"]) == {"Preprocess"}
     assert steps["Tune"]["DependsOn"] == ["DataBiasCheck"]
     assert references(steps["Evaluate"]["Arguments"]) == {"Preprocess", "Tune"}
-    assert references(steps["Register-RegisterModel"]["Arguments"]) == {"Evaluate", "Tune", "DataBiasCheck"}
+    assert references(steps["Register-RegisterModel"]["Arguments"]) == {
+        "DataVersion",
+        "Evaluate",
+        "Tune",
+        "DataBiasCheck",
+    }
 
 
 def test_parameters_are_typed_with_config_defaults(doc):
@@ -139,8 +150,10 @@ def test_evaluation_property_file_and_auc_condition(doc):
     assert condition["Type"] == "GreaterThanOrEqualTo"
     assert condition["LeftValue"]["Std:JsonGet"]["Path"] == "binary_classification_metrics.auc.value"
     assert condition["RightValue"] == {"Get": "Parameters.MinAuc"}
-    assert [s["Name"] for s in steps["CheckAuc"]["Arguments"]["IfSteps"]] == ["Register-RegisterModel"]
+    assert [s["Name"] for s in steps["CheckAuc"]["Arguments"]["IfSteps"]] == ["CheckNewModel"]
     assert [s["Name"] for s in steps["CheckAuc"]["Arguments"]["ElseSteps"]] == ["AucBelowThreshold"]
+    assert [s["Name"] for s in steps["CheckNewModel"]["Arguments"]["IfSteps"]] == ["Register-RegisterModel"]
+    assert steps["CheckNewModel"]["Arguments"]["ElseSteps"] == []
 
 
 def test_fail_message_carries_auc_and_threshold(doc):
@@ -178,6 +191,134 @@ def test_bias_check_facet_label_and_gates(doc):
     assert step["ModelPackageGroupName"] == "fraud-detection-models"
 
 
+def built(config: cfg.Config) -> tuple[dict, dict[str, bytes]]:
+    """The definition and every object the build uploaded (the SDK's code, the builder's bias files), by URI."""
+    with offline_session(config) as (config, session), project_root():
+        document = json.loads(canonical_json(get_pipeline(config, session).definition()))
+        s3 = session.boto_session.client("s3")
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=config.aws.bucket).get("Contents", [])]
+        objects = {
+            f"s3://{config.aws.bucket}/{k}": s3.get_object(Bucket=config.aws.bucket, Key=k)["Body"].read() for k in keys
+        }
+    return document, objects
+
+
+def with_bias(**changes) -> cfg.Config:
+    config = cfg.load(environ=ENV)
+    return config.model_copy(update={"bias": config.bias.model_copy(update=changes)})
+
+
+def content_hashed(uri: str, objects: dict[str, bytes]) -> dict:
+    """The JSON object at uri, after checking that the key's hash segment is its content's sha256."""
+    body = objects[uri]
+    assert uri.split("/")[-2] == hashlib.sha256(body).hexdigest()[:16], uri
+    return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def clarify_built():
+    return built(with_bias())
+
+
+@pytest.fixture(scope="module")
+def smclarify_built():
+    return built(with_bias(engine="smclarify"))
+
+
+def register_args(document) -> dict:
+    return all_steps(document)["Register-RegisterModel"]["Arguments"]
+
+
+def test_the_gate_checks_against_the_configured_limits_supplied_as_its_baseline(clarify_built):
+    """No earlier approved package is needed: the baseline is made of bias.thresholds and supplied to the step."""
+    document, objects = clarify_built
+    config = cfg.load(environ=ENV)
+    step = all_steps(document)["DataBiasCheck"]
+    baseline = content_hashed(step["SuppliedBaselineConstraints"], objects)
+    [facet] = baseline["pre_training_bias_metrics"]["facets"]["customer_gender_female"]
+    assert facet["value_or_threshold"] == "1"
+    assert {m["name"]: m["value"] for m in facet["metrics"]} == config.bias.thresholds
+    settings = bias.Settings("fraud", [1], "customer_gender_female", [1], config.bias.metrics)
+    assert baseline == bias.baseline_from_thresholds(dict(config.bias.thresholds), settings)
+
+
+def test_the_clarify_analysis_config_is_content_addressed_and_bias_py_reads_it(clarify_built, tmp_path):
+    document, objects = clarify_built
+    inputs = {
+        i["InputName"]: i["S3Input"]["S3Uri"]
+        for i in all_steps(document)["DataBiasCheck"]["Arguments"]["ProcessingInputs"]
+    }
+    config = content_hashed(inputs["analysis_config"], objects)  # the SDK's own upload, at the builder's key
+    assert config["methods"]["pre_training_bias"]["methods"] == ["CI", "DPL", "KL", "JS", "LP", "TVD", "KS"]
+    (tmp_path / "analysis_config.json").write_bytes(objects[inputs["analysis_config"]])
+    settings = bias.settings_from_analysis_config(tmp_path / "analysis_config.json")
+    assert settings == bias.Settings(
+        "fraud", [1], "customer_gender_female", [1], config["methods"]["pre_training_bias"]["methods"]
+    )
+
+
+def test_drift_baselines_carry_the_bias_config_file_model_monitor_needs(clarify_built):
+    document, objects = clarify_built
+    drift = register_args(document)["DriftCheckBaselines"]["Bias"]
+    assert drift["PreTrainingConstraints"]["S3Uri"] == {
+        "Get": "Steps.DataBiasCheck.BaselineUsedForDriftCheckConstraints"
+    }
+    monitoring = content_hashed(drift["ConfigFile"]["S3Uri"], objects)
+    assert monitoring["label"] == "fraud"
+    assert monitoring["facet"] == [{"name_or_index": "customer_gender_female", "value_or_threshold": [1]}]
+    assert monitoring["label_values_or_threshold"] == [1]
+
+
+@pytest.mark.parametrize(
+    ("change", "moves"),
+    [
+        ({"thresholds": {"DPL": 0.2}}, "SuppliedBaselineConstraints"),
+        ({"metrics": ["CI", "DPL"], "thresholds": {"DPL": 0.1}}, "analysis_config"),
+    ],
+)
+def test_an_edited_bias_setting_moves_its_file_so_the_cache_sees_it(clarify_built, change, moves):
+    def location(document):
+        step = all_steps(document)["DataBiasCheck"]
+        if moves == "SuppliedBaselineConstraints":
+            return step[moves]
+        return {i["InputName"]: i["S3Input"]["S3Uri"] for i in step["Arguments"]["ProcessingInputs"]}[moves]
+
+    edited = json.loads(definition(with_bias(**change)))
+    assert location(edited) != location(clarify_built[0])
+
+
+def test_the_smclarify_engine_runs_the_same_check_as_a_processing_step(clarify_built, smclarify_built):
+    clarify, _ = clarify_built
+    document, objects = smclarify_built
+    step = all_steps(document)["DataBiasCheck"]
+    assert step["Type"] == "Processing"
+    args = step["Arguments"]
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in args["ProcessingInputs"]}
+    clarify_step = all_steps(clarify)["DataBiasCheck"]
+    clarify_inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in clarify_step["Arguments"]["ProcessingInputs"]}
+    assert inputs["config"] == clarify_inputs["analysis_config"]  # the same analysis, the same limits
+    assert inputs["baseline"] == clarify_step["SuppliedBaselineConstraints"]
+    assert inputs["data"] == clarify_inputs["dataset"]
+    assert content_hashed(inputs["config"], objects)["label"] == "fraud"
+    arguments = args["AppSpecification"]["ContainerArguments"]
+    flag = {arguments[i]: arguments[i + 1] for i in range(0, len(arguments) - 1) if str(arguments[i]).startswith("--")}
+    assert flag["--skip-check"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.SkipBiasCheck"}]}}
+    assert flag["--register-new-baseline"] == {
+        "Std:Join": {"On": "", "Values": [{"Get": "Parameters.RegisterNewBiasBaseline"}]}
+    }
+    assert step["CacheConfig"] == clarify_step["CacheConfig"]
+
+    register = register_args(document)
+    report = register["ModelMetrics"]["Bias"]["PreTrainingReport"]["S3Uri"]["Std:Join"]["Values"]
+    assert report == [
+        {"Get": "Steps.DataBiasCheck.ProcessingOutputConfig.Outputs['report'].S3Output.S3Uri"},
+        "analysis.json",
+    ]
+    drift = register["DriftCheckBaselines"]["Bias"]
+    assert drift["PreTrainingConstraints"]["S3Uri"]["Std:Join"]["Values"][-1] == "constraints.json"
+    assert drift["ConfigFile"] == register_args(clarify)["DriftCheckBaselines"]["Bias"]["ConfigFile"]
+
+
 def test_no_security_settings_when_none_are_configured(doc):
     for name, step in all_steps(doc).items():
         text = json.dumps(step["Arguments"])
@@ -210,6 +351,36 @@ def test_security_settings_reach_every_job(secure):
 def test_cache_config_on_every_cacheable_step(doc):
     for name in ("Preprocess", "FeatureStoreIngest", "DataBiasCheck", "Tune", "Evaluate"):
         assert all_steps(doc)[name]["CacheConfig"] == {"Enabled": True, "ExpireAfter": "P30D"}, name
+    assert "CacheConfig" not in all_steps(doc)["DataVersion"]
+
+
+def test_the_data_version_is_in_preprocess_cache_key_so_new_data_retrains(doc):
+    """Caching keys on a step's arguments (AppSpecification, Environment, ProcessingInputs), not on what an S3 URI
+    holds: the uncached DataVersion step fingerprints the inputs and Preprocess takes the fingerprint as an
+    argument, so new data at the same ClaimsUri misses the cache and the same data may hit it."""
+    steps = all_steps(doc)
+    version, preprocess = steps["DataVersion"]["Arguments"], steps["Preprocess"]["Arguments"]
+    assert version["ProcessingInputs"][:2] == preprocess["ProcessingInputs"][:2]
+    assert steps["DataVersion"]["PropertyFiles"] == [
+        {"PropertyFileName": "DataVersion", "OutputName": "version", "FilePath": "version.json"}
+    ]
+    arguments = preprocess["AppSpecification"]["ContainerArguments"]
+    data_version = arguments[arguments.index("--data-version") + 1]["Std:JsonGet"]
+    assert data_version == {"Path": "version", "PropertyFile": {"Get": "Steps.DataVersion.PropertyFiles.DataVersion"}}
+    metadata = steps["Register-RegisterModel"]["Arguments"]["CustomerMetadataProperties"]
+    assert metadata["data_version"]["Std:Join"]["Values"][0]["Std:JsonGet"] == data_version
+    assert metadata["training_job"] == {"Get": "Steps.Tune.TrainingJobSummaries[0].TrainingJobName"}
+
+
+def test_only_a_model_evaluated_in_this_execution_is_registered(doc):
+    """On a cache hit Evaluate's outputs are an earlier execution's: its model is registered already."""
+    [condition] = all_steps(doc)["CheckNewModel"]["Arguments"]["Conditions"]
+    assert condition["Type"] == "Equals"
+    assert condition["LeftValue"] == {
+        "Get": "Steps.Evaluate.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"
+    }
+    outputs = all_steps(doc)["Evaluate"]["Arguments"]["ProcessingOutputConfig"]["Outputs"]
+    assert condition["RightValue"] == next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == "evaluation")
 
 
 def test_definition_is_deterministic(text):
