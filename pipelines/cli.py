@@ -102,22 +102,96 @@ def _local(args: argparse.Namespace) -> int:
     return 0 if result.status == "Succeeded" else 1
 
 
+def _registry(args: argparse.Namespace):
+    from pipelines.local.registry import Registry
+    from pipelines.local.runner import STATE_FOLDER
+    from pipelines.local.state import LocalState
+
+    config = _config(args)
+    state = LocalState(args.runs_dir / STATE_FOLDER)
+    return config.registry.model_package_group, Registry(state.registry_path, config.aws.region), state
+
+
+def _package_auc(state, package: dict) -> str:
+    """The AUC in the package's model quality report (from the local S3's saved objects), or '-'."""
+    import json
+
+    uri = package.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics", {}).get("S3Uri", "")
+    report = state.saved_object(uri) if uri else None
+    if not report or not report.is_file():
+        return "-"
+    return f"{json.loads(report.read_text())['binary_classification_metrics']['auc']['value']:.4f}"
+
+
+def _registry_list(args: argparse.Namespace) -> int:
+    group, registry, state = _registry(args)
+    packages = registry.packages(group)
+    if not packages:
+        print(f"{group}: no model packages yet (a successful `fraud-pipeline local` registers one)")
+        return 0
+    print(f"{'version':>7}  {'status':<22}  {'created (UTC)':<19}  {'auc':>6}  {'threshold':>9}  data version")
+    for package in packages:
+        metadata = package.get("CustomerMetadataProperties", {})
+        created = package["CreationTime"][:19].replace("T", " ")
+        print(
+            f"{package['ModelPackageVersion']:>7}  {package['ModelApprovalStatus']:<22}  {created:<19}"
+            f"  {_package_auc(state, package):>6}  {float(metadata.get('threshold', 'nan')):>9.4f}"
+            f"  {metadata.get('data_version', '-')}"
+        )
+    return 0
+
+
+def _registry_show(args: argparse.Namespace) -> int:
+    import json
+
+    group, registry, _ = _registry(args)
+    print(json.dumps(registry.describe(group, args.version), indent=2, sort_keys=True))
+    return 0
+
+
+def _registry_approve(args: argparse.Namespace) -> int:
+    import datetime
+
+    group, registry, _ = _registry(args)
+    status = "Approved" if args.command_name == "approve" else "Rejected"
+    now = datetime.datetime.now(datetime.UTC)
+    package = registry.update_approval(group, args.version, status, now, args.description)
+    print(f"{package['ModelPackageArn']}: {package['ModelApprovalStatus']}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
-    """Serve a model directory (a run's model/, or the run folder itself) on this machine."""
+    """Serve a model directory (a run's model/, or the run folder itself), or a registered version."""
     import json
     import os
     import subprocess
+    import tarfile
 
     from pipelines.config import ROOT
 
-    model = args.model / "model" if (args.model / "model" / "xgboost-model.json").is_file() else args.model
-    if not (model / "xgboost-model.json").is_file():
-        raise ValueError(f"{args.model}: no xgboost-model.json there (expected a run's model/ directory)")
     threshold = args.threshold
-    evaluation = model.parent / "evaluation" / "evaluation.json"
-    if threshold is None and evaluation.is_file():
-        threshold = json.loads(evaluation.read_text())["threshold"]["value"]
-        print(f"threshold {threshold} from {evaluation}")
+    if args.model_package is not None:
+        group, registry, state = _registry(args)
+        package = registry.describe(group, args.model_package)
+        [container] = package["InferenceSpecification"]["Containers"]
+        archive = state.saved_object(container["ModelDataUrl"])
+        if not archive.is_file():
+            raise ValueError(f"{container['ModelDataUrl']}: not among the local S3's saved objects ({archive})")
+        model = state.root / "served" / f"{group}-{args.model_package}"
+        if not (model / "xgboost-model.json").is_file():
+            with tarfile.open(archive) as tar:
+                tar.extractall(model, filter="data")
+        if threshold is None and "threshold" in package.get("CustomerMetadataProperties", {}):
+            threshold = float(package["CustomerMetadataProperties"]["threshold"])
+            print(f"threshold {threshold} from {package['ModelPackageArn']}")
+    else:
+        model = args.model / "model" if (args.model / "model" / "xgboost-model.json").is_file() else args.model
+        if not (model / "xgboost-model.json").is_file():
+            raise ValueError(f"{args.model}: no xgboost-model.json there (expected a run's model/ directory)")
+        evaluation = model.parent / "evaluation" / "evaluation.json"
+        if threshold is None and evaluation.is_file():
+            threshold = json.loads(evaluation.read_text())["threshold"]["value"]
+            print(f"threshold {threshold} from {evaluation}")
     own_code = model / "code" / "serve.py"
     server = own_code if own_code.is_file() else ROOT / "serving" / "serve.py"
     python_path = os.pathsep.join([str(server.parent), str(ROOT / "processing")])
@@ -169,12 +243,28 @@ def build_parser() -> argparse.ArgumentParser:
     local.set_defaults(run=_local)
 
     serve = commands.add_parser("serve", help="serve a model over HTTP (/ping, /invocations) on this machine")
-    serve.add_argument("--model", type=Path, required=True, help="a run's model/ directory (or the run folder)")
+    which = serve.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=Path, help="a run's model/ directory (or the run folder)")
+    which.add_argument("--model-package", type=int, metavar="N", help="version N of the local model registry")
+    serve.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the local registry is (runs/)")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--threshold", type=float, default=None, help="default: the run's evaluation.json")
     serve.add_argument("--workers", type=int, default=None)
     serve.set_defaults(run=_serve)
+
+    registry = commands.add_parser("registry", help="the local model registry (runs/local-aws/registry.json)")
+    registry.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where local runs keep it (runs/)")
+    actions = registry.add_subparsers(dest="command_name", required=True)
+    actions.add_parser("list", help="the group's versions").set_defaults(run=_registry_list)
+    show = actions.add_parser("show", help="one version, as DescribeModelPackage gives it")
+    show.add_argument("version", type=int)
+    show.set_defaults(run=_registry_show)
+    for verb in ("approve", "reject"):
+        decide = actions.add_parser(verb, help=f"{verb} a version (its ModelApprovalStatus)")
+        decide.add_argument("version", type=int)
+        decide.add_argument("--description", default="", help="ApprovalDescription")
+        decide.set_defaults(run=_registry_approve)
 
     status = commands.add_parser("status", help="the latest executions and their steps")
     status.add_argument("--limit", type=int, default=5)
@@ -185,13 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pipelines.config import ConfigError
     from pipelines.local import LocalRunError
+    from pipelines.local.registry import RegistryError
     from pipelines.publish import PublishError
 
     args = build_parser().parse_args(argv)
     _quiet_sdk()
     try:
         return args.run(args)
-    except (ConfigError, PublishError, LocalRunError, ValueError, OSError) as error:
+    except (ConfigError, PublishError, LocalRunError, RegistryError, ValueError, OSError) as error:
         print(f"fraud-pipeline {args.command}: error: {error}", file=sys.stderr)
         return 1
 

@@ -144,6 +144,7 @@ class Tuning(Section):
     max_jobs: Annotated[int, Field(ge=1, le=500)] = 12
     max_parallel_jobs: Annotated[int, Field(ge=1, le=100)] = 3
     strategy: Literal["Bayesian", "Random", "Hyperband", "Grid"] = "Bayesian"
+    random_seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
     ranges: dict[str, Range]
 
     @model_validator(mode="after")

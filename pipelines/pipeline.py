@@ -40,7 +40,7 @@ from sagemaker.workflow.model_step import ModelStep
 from sagemaker.workflow.parameters import ParameterBoolean, ParameterFloat, ParameterInteger, ParameterString
 from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.properties import PropertyFile
-from sagemaker.workflow.steps import CacheConfig, ProcessingStep, Step, TrainingStep, TuningStep
+from sagemaker.workflow.steps import CacheConfig, ProcessingStep, Step, TuningStep
 from sagemaker.workflow.utilities import hash_files_or_dirs
 
 from pipelines.config import ROOT, Config, s3_key, s3_uri
@@ -160,17 +160,12 @@ def _kms(config: Config) -> str | None:
 
 
 class Builder:
-    """Builds the steps from one Config, one session and one set of Parameters.
+    """Builds the steps from one Config, one session (a PipelineSession, or a LocalPipelineSession for local
+    runs: the same steps either way) and one set of Parameters."""
 
-    With `code_session` (a LocalPipelineSession with local code) it builds for local mode: jobs on
-    instance type "local", training code mounted from this checkout instead of uploaded.
-    """
-
-    def __init__(self, config: Config, session, code_session=None):
+    def __init__(self, config: Config, session):
         self.config = config
         self.session = session
-        self.local = code_session is not None
-        self.code_session = code_session or session
         self.params = Parameters(config)
         self.staged: dict[str, str] = {}
         self.cache = CacheConfig(enable_caching=config.cache.enabled, expire_after=config.cache.expire_after)
@@ -181,11 +176,9 @@ class Builder:
         return s3_uri(self.bucket, self.config.aws.prefix, *parts)
 
     def source(self, folder: str) -> str:
-        """The staged source folder of a step (staged once per build); absolute in local mode, where
-        containers mount it."""
+        """The staged source folder of a step (staged once per build)."""
         if folder not in self.staged:
-            staged = stage_code(folder)
-            self.staged[folder] = str(ROOT / staged) if self.local else staged
+            self.staged[folder] = stage_code(folder)
         return self.staged[folder]
 
     def output_uri(self, step: str, name: str) -> Join:
@@ -201,7 +194,7 @@ class Builder:
             image_uri=config.aws.image_uri,
             command=["python3"],
             role=config.aws.role_arn,
-            instance_type="local" if self.local else instance_type or compute.instance_type,
+            instance_type=instance_type or compute.instance_type,
             instance_count=compute.instance_count,
             volume_size_in_gb=compute.volume_size_gb,
             max_runtime_in_seconds=compute.max_runtime_s,
@@ -422,7 +415,7 @@ class Builder:
             entry_point="train.py",
             source_dir=self.source("training"),
             role=config.aws.role_arn,
-            instance_type="local" if self.local else self.params.training_instance_type,
+            instance_type=self.params.training_instance_type,
             instance_count=compute.instance_count,
             volume_size=compute.volume_size_gb,
             max_run=compute.max_runtime_s,
@@ -437,7 +430,7 @@ class Builder:
             enable_network_isolation=security.enable_network_isolation,
             encrypt_inter_container_traffic=security.encrypt_inter_container_traffic,
             base_job_name=f"{config.project.name}-train",
-            sagemaker_session=self.code_session,
+            sagemaker_session=self.session,
         )
 
     def training_inputs(self, preprocess: ProcessingStep) -> dict[str, TrainingInput]:
@@ -458,6 +451,7 @@ class Builder:
             max_jobs=self.params.max_tuning_jobs,
             max_parallel_jobs=self.params.max_parallel_tuning_jobs,
             strategy=tuning.strategy,
+            random_seed=tuning.random_seed,
             early_stopping_type="Off" if tuning.strategy == "Hyperband" else "Auto",
             base_tuning_job_name=f"{self.config.project.name[:20]}-tune",
         )
@@ -558,76 +552,6 @@ class Builder:
             else_steps=[fail],
         )
 
-    def ingest_offline(self, preprocess: ProcessingStep) -> ProcessingStep:
-        """Local stand-in for Feature Store ingest: the offline store's Parquet layout, in S3."""
-        store = self.config.feature_store
-        step_args = self.processor("ingest", store.compute).run(
-            code="ingest.py",
-            source_dir=self.source("processing"),
-            inputs=[ProcessingInput(source=_output(preprocess, "features"), destination=f"{CONTAINER}/input/features")],
-            outputs=[self.output("ingest", "offline-store")],
-            arguments=[
-                "--mode",
-                "offline-files",
-                "--claims-group",
-                store.claims_group,
-                "--customers-group",
-                store.customers_group,
-                "--output-dir",
-                f"{CONTAINER}/output/offline-store",
-            ],
-        )
-        return ProcessingStep(name="FeatureStoreIngest", step_args=step_args)
-
-    def bias_check_local(self, preprocess: ProcessingStep) -> ProcessingStep:
-        """Local stand-in for ClarifyCheckStep: the same pre-training metrics with smclarify;
-        a metric beyond its configured threshold fails the step."""
-        bias = self.config.bias
-        arguments = [
-            "--label",
-            bias.label,
-            "--positive-label",
-            str(bias.positive_label),
-            "--facet",
-            bias.facet,
-            "--facet-values",
-            ",".join(str(v) for v in bias.facet_values),
-            "--metrics",
-            ",".join(bias.metrics),
-            "--output-dir",
-            f"{CONTAINER}/output/report",
-        ]
-        if bias.thresholds:
-            arguments += ["--thresholds", ",".join(f"{k}={v}" for k, v in sorted(bias.thresholds.items()))]
-        step_args = self.processor("bias", bias.compute).run(
-            code="bias.py",
-            source_dir=self.source("processing"),
-            inputs=[
-                ProcessingInput(
-                    source=Join(on="/", values=[_output(preprocess, "headered"), "train.csv"]),
-                    destination=f"{CONTAINER}/input/data",
-                )
-            ],
-            outputs=[self.output("bias", "report")],
-            arguments=arguments,
-        )
-        return ProcessingStep(name="DataBiasCheck", step_args=step_args)
-
-    def train(self, preprocess: ProcessingStep, estimator: Estimator, gate: ProcessingStep) -> TrainingStep:
-        """Local stand-in for the tuner: one training job with the configured hyperparameters."""
-        step_args = estimator.fit(inputs=self.training_inputs(preprocess))
-        return TrainingStep(name="Train", step_args=step_args, depends_on=[gate])
-
-    def create_model(self, model_data) -> ModelStep:
-        """Local stand-in for Register: a model the local session can serve; the CLI writes the registry record."""
-        model = Model(
-            image_uri=self.config.aws.image_uri,
-            model_data=model_data,
-            role=self.config.aws.role_arn,
-            sagemaker_session=self.session,
-        )
-        return ModelStep(name="CreateModel", step_args=model.create(instance_type="local"))
-
 
 def _output(step: ProcessingStep, name: str):
     return step.properties.ProcessingOutputConfig.Outputs[name].S3Output.S3Uri
@@ -671,30 +595,5 @@ def get_pipeline(config: Config, session) -> Pipeline:
         name=config.project.name,
         parameters=build.params.all(),
         steps=[version_step, preprocess, ingest, gate.step, tune, evaluate, check],
-        sagemaker_session=session,
-    )
-
-
-def get_local_pipeline(config: Config, session, code_session) -> Pipeline:
-    """The local graph, from the same config and scripts, for what SageMaker local mode can run:
-    Preprocess, FeatureStoreIngest (offline-store files), DataBiasCheck (smclarify), Train,
-    Evaluate, CheckAuc, CreateModel/Fail.
-
-    `session` is a LocalPipelineSession with local code disabled (processing jobs upload their code),
-    `code_session` one with local code (the training container mounts training/ from the checkout).
-    """
-    build = Builder(config, session, code_session)
-    version_step, version = build.data_version()
-    preprocess = build.preprocess(version)
-    ingest = build.ingest_offline(preprocess)
-    bias = build.bias_check_local(preprocess)
-    train = build.train(preprocess, build.estimator(), bias)
-    model_data = train.properties.ModelArtifacts.S3ModelArtifacts
-    evaluate, report = build.evaluate(preprocess, model_data)
-    check = build.check_auc(evaluate, report, [build.create_model(model_data)])
-    return Pipeline(
-        name=f"{config.project.name}-local",
-        parameters=build.params.all(),
-        steps=[version_step, preprocess, ingest, bias, train, evaluate, check],
         sagemaker_session=session,
     )

@@ -131,6 +131,7 @@ def test_tuning_objective_ranges_and_budget(doc):
         "MaxParallelTrainingJobs": {"Get": "Parameters.MaxParallelTuningJobs"},
     }
     assert job["TrainingJobEarlyStoppingType"] == "Auto"
+    assert job["RandomSeed"] == 42
     ranges = job["ParameterRanges"]
     continuous = {r["Name"]: r for r in ranges["ContinuousParameterRanges"]}
     assert continuous["eta"] == {"Name": "eta", "MinValue": "0.01", "MaxValue": "0.3", "ScalingType": "Logarithmic"}
