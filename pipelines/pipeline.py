@@ -6,6 +6,7 @@ Every setting comes from the Config; the step scripts live in processing/, train
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -18,6 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
+import sagemaker.utils
 from sagemaker.clarify import BiasConfig, DataConfig
 from sagemaker.drift_check_baselines import DriftCheckBaselines
 from sagemaker.estimator import Estimator
@@ -83,6 +85,25 @@ def _bias_script():
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def _validated_once(validate):
+    """The SDK validates its config file (pipelines/sagemaker_sdk_config.yaml) against its JSON schema at every
+    config lookup, about 0.2 s each and 70 per build: validate each distinct config once (an invalid one still
+    raises every time)."""
+    valid: set[str] = set()
+
+    @functools.wraps(validate)
+    def validate_once(sagemaker_config=None):
+        text = json.dumps(sagemaker_config, sort_keys=True, default=str)
+        if text not in valid:
+            validate(sagemaker_config)
+            valid.add(text)
+
+    return validate_once
+
+
+sagemaker.utils.validate_sagemaker_config = _validated_once(sagemaker.utils.validate_sagemaker_config)
 
 
 @contextmanager

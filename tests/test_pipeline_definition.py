@@ -1,6 +1,7 @@
 """The cloud graph, held to its JSON definition (built offline: no credentials, no network)."""
 
 import hashlib
+import inspect
 import json
 
 import pytest
@@ -436,3 +437,20 @@ def test_every_s3_path_is_built_from_non_empty_parts(prefix):
     read = render(model_input["model"], {"Steps.Tune.TrainingJobSummaries[0].TrainingJobName": job})
     assert read == f"{written}/{job}/output/model.tar.gz"
     assert written == "s3://test-bucket/" + "/".join(p for p in [prefix.strip("/"), "models"] if p)
+
+
+def test_the_sdk_config_is_validated_once_and_an_invalid_one_still_raises():
+    """The builder memoises the SDK's config validation (it ran at every config lookup); the SDK looks it up
+    through sagemaker.utils, which is what the builder replaces."""
+    import jsonschema
+    import sagemaker.utils
+
+    import pipelines.pipeline  # noqa: F401  (replaces the function on import)
+
+    validate = sagemaker.utils.validate_sagemaker_config
+    assert validate.__code__.co_name == "validate_once"
+    assert "validate_sagemaker_config(config_to_check)" in inspect.getsource(sagemaker.utils.get_sagemaker_config_value)
+    validate({"SchemaVersion": "1.0"})
+    for _ in range(2):
+        with pytest.raises(jsonschema.ValidationError):
+            validate({"SchemaVersion": "1.0", "Unknown": 1})
