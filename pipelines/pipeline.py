@@ -282,8 +282,6 @@ class Builder:
         config, store = self.config, self.config.feature_store
         processor = self.processor("ingest", store.compute, isolate=False)
         arguments = [
-            "--mode",
-            "feature-store",
             "--claims-group",
             store.claims_group,
             "--customers-group",

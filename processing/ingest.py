@@ -1,4 +1,4 @@
-"""Ingest the feature tables (claims, customers) into SageMaker Feature Store, or write them offline-store-shaped.
+"""Ingest the feature tables (claims, customers) into SageMaker Feature Store.
 
 Runs in a SageMaker processing container (defaults under /opt/ml/processing) or bare:
 
@@ -8,16 +8,12 @@ Runs in a SageMaker processing container (defaults under /opt/ml/processing) or 
 
 Reads claims.csv and customers.csv (policy_id, event_time, features) from --features.
 
---mode feature-store (default): create each feature group when missing (record identifier policy_id,
-event time event_time, definitions from the CSV dtypes), wait until it is Created, check that an
-existing group's definitions match the table, then put every row with PutRecord from --workers threads.
-Throttling and 5xx errors are retried by botocore's adaptive retry mode (--max-attempts per record).
-Any record that still fails makes the step fail (exit 1), naming a few policy ids and the error.
-
---mode offline-files (local runs, no Feature Store): write each table as the offline store lays it out,
-    <output-dir>/<group>/year=YYYY/month=MM/day=DD/hour=HH/<latest event time>_<16 hex>.parquet
-with the feature columns plus write_time, api_invocation_time (both equal to event_time, not the wall
-clock, so that runs are byte-identical) and is_deleted (false). Both tables are written, or nothing.
+Creates each feature group when missing (record identifier policy_id, event time event_time, definitions
+from the CSV dtypes), waits until it is Created, checks that an existing group's definitions match the
+table, then puts every row with PutRecord from --workers threads. Throttling and 5xx errors are retried by
+botocore's adaptive retry mode (--max-attempts per record). Any record that still fails makes the step fail
+(exit 1), naming a few policy ids and the error. Local runs point it at a local Feature Store
+(pipelines/local/feature_store.py) through AWS_ENDPOINT_URL_SAGEMAKER(_FEATURESTORE_RUNTIME).
 
 Bad input (a missing file, a missing policy_id/event_time column) exits with code 2 before any write.
 """
@@ -25,11 +21,8 @@ Bad input (a missing file, a missing policy_id/event_time column) exits with cod
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,10 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -112,7 +102,7 @@ def read_tables(args: argparse.Namespace) -> list[Table]:
     return [read_table(args.features / f"{name}.csv", name, groups[name]) for name in TABLES]
 
 
-# --- feature-store mode: feature groups ---------------------------------------------------------
+# --- feature groups ---------------------------------------------------------
 
 
 def create_request(table: Table, args: argparse.Namespace) -> dict:
@@ -193,7 +183,7 @@ def prepare_groups(sagemaker, tables: list[Table], args: argparse.Namespace) -> 
         check_definitions(table, wait_until_created(sagemaker, table.group, args.create_timeout, args.poll_interval))
 
 
-# --- feature-store mode: records ----------------------------------------------------------------
+# --- records ----------------------------------------------------------------
 
 
 @dataclass
@@ -280,48 +270,6 @@ def run_feature_store(tables: list[Table], args: argparse.Namespace, session: bo
     report(ingest_records(session.client("sagemaker-featurestore-runtime", config=retries), tables, args.workers))
 
 
-# --- offline-files mode -------------------------------------------------------------------------
-
-ARROW_TYPES = {"Integral": pa.int64(), "Fractional": pa.float64(), "String": pa.string()}
-TIMESTAMP = pa.timestamp("ms", tz="UTC")
-
-
-def arrow_table(table: Table, rows: pd.DataFrame) -> pa.Table:
-    """The rows as the offline store has them: features, write_time, api_invocation_time, is_deleted."""
-    columns = {
-        d["FeatureName"]: pa.array(rows[d["FeatureName"]], ARROW_TYPES[d["FeatureType"]], from_pandas=True)
-        for d in table.definitions
-    }
-    stamp = pa.array(np.round(rows[EVENT_TIME].to_numpy() * 1000).astype("int64"), pa.int64()).cast(TIMESTAMP)
-    columns.update(write_time=stamp, api_invocation_time=stamp, is_deleted=pa.array([False] * len(rows)))
-    return pa.table(columns)
-
-
-def write_partitions(table: Table, root: Path) -> None:
-    """One Parquet file per event-time hour under root/<group>/year=/month=/day=/hour=/."""
-    stamps = pd.to_datetime(table.frame[EVENT_TIME], unit="s", utc=True)
-    for hour, rows in table.frame.groupby(stamps.dt.floor("h"), sort=True):
-        partition = f"year={hour:%Y}/month={hour:%m}/day={hour:%d}/hour={hour:%H}"
-        latest = pd.Timestamp(rows[EVENT_TIME].max(), unit="s", tz="UTC")
-        digest = hashlib.sha256(f"{table.group}/{partition}".encode()).hexdigest()[:16]
-        path = root / table.group / partition / f"{latest:%Y%m%dT%H%M%SZ}_{digest}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(arrow_table(table, rows), path)
-
-
-def run_offline_files(tables: list[Table], output_dir: Path) -> None:
-    """Write every table into a scratch folder, then move the group folders into place."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".ingest-") as scratch:
-        for table in tables:
-            write_partitions(table, Path(scratch))
-        for table in tables:
-            shutil.rmtree(output_dir / table.group, ignore_errors=True)
-            (Path(scratch) / table.group).rename(output_dir / table.group)
-    for table in tables:
-        log.info("%s: %d records written under %s", table.group, len(table.frame), output_dir / table.group)
-
-
 # --- command line -------------------------------------------------------------------------------
 
 
@@ -342,13 +290,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--claims-group", required=True)
     parser.add_argument("--customers-group", required=True)
-    parser.add_argument("--mode", choices=("feature-store", "offline-files"), default="feature-store")
-    parser.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("/opt/ml/processing/output/offline-store"),
-        help="offline-files mode: where the group folders go",
-    )
     parser.add_argument("--role-arn", help="role Feature Store uses for the offline store (new groups)")
     parser.add_argument("--offline-store-uri", help="s3://bucket/prefix of the offline store (new groups)")
     parser.add_argument("--online-store", action=argparse.BooleanOptionalAction, default=True)
@@ -369,10 +310,7 @@ def main(argv: list[str] | None = None, session: boto3.session.Session | None = 
     args = parse_args(argv)
     try:
         tables = read_tables(args)
-        if args.mode == "offline-files":
-            run_offline_files(tables, args.output_dir)
-        else:
-            run_feature_store(tables, args, session or boto3.session.Session(region_name=args.region))
+        run_feature_store(tables, args, session or boto3.session.Session(region_name=args.region))
     except InputError as error:
         print(f"ingest: error: {error}", file=sys.stderr)
         return 2

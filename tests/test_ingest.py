@@ -1,5 +1,5 @@
 """processing/ingest.py: feature groups against moto, PutRecord against a fake at botocore's HTTP layer,
-and the offline-files mode on disk.
+and the script run bare against the local Feature Store of local runs.
 
 moto has no Feature Store runtime (PutRecord), and botocore's Stubber answers before the retry handler
 and in a fixed order, so it can neither show throttling being retried nor serve concurrent threads.
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import boto3
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from botocore.awsrequest import AWSResponse
-from conftest import files_under, run_script
+from conftest import run_script
 from moto import mock_aws
 
 import ingest
+from pipelines.local.feature_store import FeatureStore, serving
+from pipelines.local.runner import feature_store_endpoints
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/feature-store"
@@ -64,13 +64,6 @@ def store_args(features: Path, *extra: str) -> list[str]:
         "--features", str(features), "--claims-group", "claims-fg", "--customers-group", "customers-fg",
         "--role-arn", ROLE, "--offline-store-uri", "s3://bucket/feature-store", "--poll-interval", "0",
         *extra,
-    ]  # fmt: skip
-
-
-def offline_args(features: Path, output: Path) -> list[str]:
-    return [
-        "--features", str(features), "--claims-group", "claims-fg", "--customers-group", "customers-fg",
-        "--mode", "offline-files", "--output-dir", str(output),
     ]  # fmt: skip
 
 
@@ -270,35 +263,6 @@ def test_group_that_stays_creating_times_out(features, aws, capsys):
     assert "feature group claims-fg: still Creating after 0 s" in capsys.readouterr().err
 
 
-def test_offline_files_layout_and_columns(features, tmp_path):
-    assert ingest.main(offline_args(features, tmp_path / "out")) == 0
-
-    files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.parquet"))
-    assert [f.rsplit("/", 1)[0] for f in files] == [
-        "claims-fg/year=2023/month=11/day=14/hour=22",
-        "claims-fg/year=2023/month=11/day=15/hour=00",
-        "customers-fg/year=2023/month=11/day=14/hour=22",
-    ]
-    assert files[0].rsplit("/", 1)[1].startswith("20231114T221330Z_")  # latest event time in the file
-    table = pq.read_table(tmp_path / "out" / files[0])
-    assert table.column_names == [*CLAIMS.columns, "write_time", "api_invocation_time", "is_deleted"]
-    rows = table.to_pandas()
-    assert rows["policy_id"].tolist() == [1, 3]
-    assert (rows["write_time"] == pd.to_datetime(rows["event_time"], unit="s", utc=True)).all()
-    assert not rows["is_deleted"].any()
-    assert table.schema.field("vehicle_claim").type == pa.float64()
-    customers = pq.read_table(next((tmp_path / "out" / "customers-fg").rglob("*.parquet")))
-    assert customers.schema.field("policy_state").type == pa.string()
-
-
-def test_offline_files_are_byte_identical_across_runs(features, tmp_path):
-    for run in ("a", "b"):
-        assert ingest.main(offline_args(features, tmp_path / run)) == 0
-    first = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
-    second = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*") if p.is_file()}
-    assert first and first == second
-
-
 @pytest.mark.parametrize(
     ("table", "frame", "message"),
     [
@@ -309,29 +273,13 @@ def test_offline_files_are_byte_identical_across_runs(features, tmp_path):
         ("claims", CLAIMS.assign(is_deleted=0), "claims.csv: column(s) is_deleted: names Feature Store reserves"),
     ],
 )
-def test_bad_input_exits_2_and_writes_nothing(features, tmp_path, capsys, table, frame, message):
+def test_bad_input_exits_2_before_any_aws_call(features, capsys, table, frame, message):
     path = features / f"{table}.csv"
     path.unlink()
     if frame is not None:
         frame.to_csv(path, index=False)
-    assert ingest.main(offline_args(features, tmp_path / "out")) == 2
+    assert ingest.main(store_args(features), session="no session: the tables are read first") == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-def test_failed_write_leaves_no_partial_output(features, tmp_path, monkeypatch):
-    calls = []
-
-    def failing_write(table, path):
-        calls.append(path)
-        if len(calls) == 3:
-            raise OSError("disk full")
-        path.write_bytes(b"partial")
-
-    monkeypatch.setattr(ingest.pq, "write_table", failing_write)
-    with pytest.raises(OSError, match="disk full"):
-        ingest.main(offline_args(features, tmp_path / "out"))
-    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_runs_bare_on_preprocess_output_without_the_sdk(splits, tmp_path):
@@ -339,12 +287,12 @@ def test_runs_bare_on_preprocess_output_without_the_sdk(splits, tmp_path):
     blocker = tmp_path / "no-sdk" / "sagemaker"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('the step image has no SageMaker SDK')\n")
-    output = tmp_path / "out"
-    result = run_script(
-        "processing/ingest.py", *offline_args(splits / "features", output), env={"PYTHONPATH": str(blocker.parent)}
-    )
+    store = FeatureStore(tmp_path / "feature-store.json", REGION)
+    with serving(store, "127.0.0.1") as url:
+        env = {**feature_store_endpoints(url), "PYTHONPATH": str(blocker.parent), "AWS_ACCESS_KEY_ID": "l"}
+        env.update(AWS_SECRET_ACCESS_KEY="l", AWS_DEFAULT_REGION=REGION)
+        result = run_script("processing/ingest.py", *store_args(splits / "features"), env=env)
     assert result.returncode == 0, result.stderr
-    claims = pd.concat(pd.read_parquet(p) for p in files_under(output / "claims-fg"))
     expected = pd.read_csv(splits / "features" / "claims.csv")
-    assert sorted(claims["policy_id"]) == sorted(expected["policy_id"])
-    assert len(files_under(output / "customers-fg")) >= 1
+    assert sorted(store.online["claims-fg"], key=int) == [str(p) for p in sorted(expected["policy_id"])]
+    assert len(store.offline["customers-fg"]) == len(pd.read_csv(splits / "features" / "customers.csv"))

@@ -174,7 +174,7 @@ def test_ingest_puts_every_record_with_the_pipelines_arguments(store, features, 
         }.items():
             monkeypatch.setenv(name, value)
         argv = [
-            "--features", str(features), "--mode", "feature-store", "--claims-group", "claims",
+            "--features", str(features), "--claims-group", "claims",
             "--customers-group", "customers", "--role-arn", ROLE, "--region", REGION,
             "--offline-store-uri", "s3://bucket/fs", "--online-store", "--workers", "2", "--poll-interval", "0",
         ]  # fmt: skip
