@@ -27,9 +27,17 @@ def _config(args: argparse.Namespace):
 
 
 def _definition(args: argparse.Namespace) -> int:
-    from pipelines.publish import definition
+    from pipelines.publish import definition, definition_uploaded
 
-    document = definition(_config(args))
+    config = _config(args)
+    document = definition_uploaded(config) if args.upload else definition(config)
+    if not args.upload:
+        print(
+            "note: built offline: the S3 objects this definition names (step code, bias baseline and configs) went to "
+            "an in-memory S3, and the image is not pinned to a digest; to deploy the JSON yourself, build it with "
+            "--upload (AWS credentials), or publish with `make upsert`",
+            file=sys.stderr,
+        )
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(document)
@@ -216,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     definition = commands.add_parser("definition", help="write the pipeline definition JSON (offline)")
     definition.add_argument("--output", type=Path, default=None, help="file to write (default: stdout)")
+    definition.add_argument(
+        "--upload", action="store_true", help="upload what it names to aws.bucket and pin the image (AWS credentials)"
+    )
     definition.set_defaults(run=_definition)
 
     commands.add_parser("upsert", help="create or update the pipeline in SageMaker").set_defaults(run=_upsert)

@@ -45,6 +45,7 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,
 InstanceType = Annotated[str, StringConstraints(pattern=r"^(ml\.[a-z0-9]+\.[a-z0-9]+|local)$")]
 Fraction = Annotated[float, Field(gt=0, lt=0.5)]
 RoleArn = Annotated[str, StringConstraints(pattern=r"^(|arn:aws[a-z-]*:iam::\d{12}:role/.+)$")]
+QueueArn = Annotated[str, StringConstraints(pattern=r"^(|arn:aws[a-z-]*:sqs:[a-z0-9-]+:\d{12}:.+)$")]
 
 
 class Project(Section):
@@ -84,6 +85,12 @@ class FeatureStore(Section):
     ingest_workers: Annotated[int, Field(ge=1, le=64)] = 4
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
     compute: Compute = Compute()
+
+    @model_validator(mode="after")
+    def _a_store(self) -> FeatureStore:
+        if not (self.online_store or self.offline_store):
+            raise ValueError("a feature group needs a store: set online_store or offline_store (or both) to true")
+        return self
 
 
 class Hyperparameters(Section):
@@ -202,11 +209,13 @@ class Registry(Section):
 
 
 class Schedule(Section):
-    enabled: bool = False
     role_arn: RoleArn = ""
+    dead_letter_arn: QueueArn = ""
     expression: str = "cron(0 3 ? * MON *)"
     timezone: str = "UTC"
-    parameters: dict[str, str | int | float] = {}
+    max_retry_attempts: Annotated[int, Field(ge=0, le=185)] = 3
+    max_event_age_s: Annotated[int, Field(ge=60, le=86400)] = 3600
+    parameters: dict[str, bool | int | float | str] = {}
 
 
 class Cache(Section):

@@ -290,14 +290,14 @@ class Builder:
             config.aws.role_arn,
             "--region",
             config.aws.region,
-            "--offline-store-uri",
-            self.uri("feature-store"),
             "--online-store" if store.online_store else "--no-online-store",
             "--workers",
             str(store.ingest_workers),
             "--max-attempts",
             str(store.max_attempts),
         ]
+        if store.offline_store:
+            arguments += ["--offline-store-uri", self.uri("feature-store")]
         if config.security.kms_key_id:
             arguments += ["--kms-key-id", config.security.kms_key_id]
         step_args = processor.run(

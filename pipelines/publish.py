@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,14 +71,73 @@ def offline_session(config: Config) -> Iterator[tuple[Config, object]]:
 def definition(config: Config) -> str:
     """The pipeline definition JSON, built offline: no credentials, no network.
 
-    The SDK uploads step code while it builds; here those uploads go to an in-memory S3 (moto).
-    Code paths are keyed by content hash, so the JSON equals what `upsert` publishes for the same
-    bucket and role. Without them configured, placeholders stand in.
+    The SDK uploads step code while it builds, and the builder the bias baseline and configs; here those
+    uploads go to an in-memory S3 (moto), so the S3 objects the JSON names exist only once `upsert` or
+    `definition_uploaded` has put them in the bucket. Their keys are content hashes, so the JSON equals
+    what `upsert` publishes for the same bucket, role and image. Without a bucket or role configured,
+    placeholders stand in.
     """
     from pipelines.pipeline import get_pipeline, project_root
 
     with offline_session(config) as (config, session), project_root():
         return canonical_json(get_pipeline(config, session).definition())
+
+
+@_aws_errors
+def definition_uploaded(config: Config) -> str:
+    """The pipeline definition JSON built with the real session: the objects it names are uploaded to
+    aws.bucket, and the image is pinned to its digest, as `upsert` does (for deploying the JSON yourself,
+    e.g. with CloudFormation's AWS::SageMaker::Pipeline)."""
+    from pipelines.pipeline import get_pipeline, project_root
+
+    config, session = _publishing(config)
+    with project_root():
+        return canonical_json(get_pipeline(config, session).definition())
+
+
+ECR_IMAGE = re.compile(
+    r"^(?P<host>(?P<registry>\d{12})\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?)/"
+    r"(?P<repository>[a-z0-9][a-z0-9._/-]*?)(?::(?P<tag>[A-Za-z0-9_.-]+))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+
+
+def pinned_image(config: Config, ecr) -> str:
+    """aws.image_uri as <repository>@sha256:<digest>, so a model package keeps the image it was built with
+    (a tag such as :latest moves). The digest comes from ECR's DescribeImages for the tag (default latest)."""
+    found = ECR_IMAGE.match(config.aws.image_uri)
+    if not found:
+        raise PublishError(
+            f"aws.image_uri {config.aws.image_uri!r} is not an ECR image (<account>.dkr.ecr.<region>.amazonaws.com/"
+            "<repository>[:tag]): SageMaker jobs pull their image from ECR; push it there and set FRAUD_IMAGE_URI"
+        )
+    repository = f"{found['host']}/{found['repository']}"
+    if found["digest"]:
+        return f"{repository}@{found['digest']}"
+    tag = found["tag"] or "latest"
+    try:
+        images = ecr.describe_images(
+            registryId=found["registry"], repositoryName=found["repository"], imageIds=[{"imageTag": tag}]
+        )["imageDetails"]
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            raise PublishError(
+                f"{config.aws.image_uri}: {error.response['Error'].get('Message', code)} (push the image first)"
+            ) from None
+        raise
+    return f"{repository}@{images[0]['imageDigest']}"
+
+
+def _publishing(config: Config):
+    """The configuration with its image pinned to a digest, and the session that builds and uploads."""
+    from sagemaker.workflow.pipeline_context import PipelineSession
+
+    if not config.aws.role_arn:
+        raise PublishError("aws.role_arn is empty: set SAGEMAKER_ROLE_ARN to the pipeline's execution role")
+    session = boto_session(config)
+    image = pinned_image(config, session.client("ecr"))
+    config = config.model_copy(update={"aws": config.aws.model_copy(update={"image_uri": image})})
+    return config, PipelineSession(boto_session=session, default_bucket=config.aws.bucket or None)
 
 
 def canonical_json(document: str) -> str:
@@ -91,14 +151,11 @@ def _tags(config: Config) -> list[dict[str, str]]:
 
 @_aws_errors
 def upsert(config: Config) -> str:
-    """Create or update the pipeline (description and tags from the config); returns its ARN."""
-    from sagemaker.workflow.pipeline_context import PipelineSession
-
+    """Create or update the pipeline (description and tags from the config), its image pinned to the digest
+    the tag names now; returns its ARN."""
     from pipelines.pipeline import get_pipeline, project_root
 
-    if not config.aws.role_arn:
-        raise PublishError("aws.role_arn is empty: set SAGEMAKER_ROLE_ARN to the pipeline's execution role")
-    session = PipelineSession(boto_session=boto_session(config), default_bucket=config.aws.bucket or None)
+    config, session = _publishing(config)
     with project_root():
         pipeline = get_pipeline(config, session)
         response = pipeline.upsert(
@@ -203,34 +260,54 @@ def schedule_name(config: Config) -> str:
     return f"{config.project.name}-schedule"
 
 
+def parameter_value(value: bool | int | float | str) -> str:
+    """A pipeline parameter's value as the service takes it: booleans as true/false (str() would say True, and
+    a YAML true loaded as a number would say 1)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 @_aws_errors
 def schedule(config: Config, action: str = "upsert", client=None, sagemaker_client=None) -> str:
-    """Create or update (action 'upsert'), disable or delete the EventBridge Scheduler schedule."""
+    """Create or update (action 'upsert': enabled), disable or delete the EventBridge Scheduler schedule that
+    starts the pipeline, with a retry policy and a dead-letter queue for starts that still fail."""
     session = boto_session(config)
     client = client or session.client("scheduler")
     name = schedule_name(config)
     if action == "delete":
         client.delete_schedule(Name=name)
         return f"deleted schedule {name}"
-    role = config.schedule.role_arn or config.aws.role_arn
-    if not role:
-        raise PublishError("no role for the scheduler: set SCHEDULER_ROLE_ARN or SAGEMAKER_ROLE_ARN")
+    settings = config.schedule
+    if not settings.role_arn:
+        raise PublishError(
+            "schedule.role_arn is empty: set SCHEDULER_ROLE_ARN to a role EventBridge Scheduler may assume "
+            "(make deploy-infra creates one and prints it)"
+        )
+    if not settings.dead_letter_arn:
+        raise PublishError(
+            "schedule.dead_letter_arn is empty: set SCHEDULE_DLQ_ARN to the SQS queue for starts that fail "
+            "(make deploy-infra creates one and prints it)"
+        )
     sagemaker_client = sagemaker_client or session.client("sagemaker")
+    _check_parameters(sagemaker_client, config.project.name, dict(settings.parameters))
     pipeline_arn = sagemaker_client.describe_pipeline(PipelineName=config.project.name)["PipelineArn"]
-    enabled = config.schedule.enabled and action != "disable"
     request = {
         "Name": name,
-        "ScheduleExpression": config.schedule.expression,
-        "ScheduleExpressionTimezone": config.schedule.timezone,
+        "ScheduleExpression": settings.expression,
+        "ScheduleExpressionTimezone": settings.timezone,
         "FlexibleTimeWindow": {"Mode": "OFF"},
-        "State": "ENABLED" if enabled else "DISABLED",
+        "State": "DISABLED" if action == "disable" else "ENABLED",
         "Description": f"Starts the {config.project.name} pipeline",
         "Target": {
             "Arn": pipeline_arn,
-            "RoleArn": role,
+            "RoleArn": settings.role_arn,
+            "RetryPolicy": {
+                "MaximumRetryAttempts": settings.max_retry_attempts,
+                "MaximumEventAgeInSeconds": settings.max_event_age_s,
+            },
+            "DeadLetterConfig": {"Arn": settings.dead_letter_arn},
             "SageMakerPipelineParameters": {
                 "PipelineParameterList": [
-                    {"Name": k, "Value": str(v)} for k, v in sorted(config.schedule.parameters.items())
+                    {"Name": k, "Value": parameter_value(v)} for k, v in sorted(settings.parameters.items())
                 ]
             },
         },
@@ -242,4 +319,4 @@ def schedule(config: Config, action: str = "upsert", client=None, sagemaker_clie
     except client.exceptions.ResourceNotFoundException:
         client.create_schedule(**request)
         verb = "created"
-    return f"{verb} schedule {name} ({request['State']}): {config.schedule.expression} {config.schedule.timezone}"
+    return f"{verb} schedule {name} ({request['State']}): {settings.expression} {settings.timezone}"

@@ -127,3 +127,20 @@ def test_bias_engine_is_clarify_or_smclarify(document):
 def test_supplied_baselines_are_gone_the_thresholds_are_the_baseline(document, key):
     with pytest.raises(cfg.ConfigError, match=rf"bias\.{key}: unknown key"):
         parse_with(document, f"bias.{key}", "s3://bucket/constraints.json")
+
+
+def test_schedule_enabled_is_gone_make_schedule_enables(document):
+    with pytest.raises(cfg.ConfigError, match=r"schedule\.enabled: unknown key"):
+        parse_with(document, "schedule.enabled", True)
+
+
+def test_a_feature_group_needs_a_store(document):
+    changed = copy.deepcopy(document)
+    changed["feature_store"].update(online_store=False, offline_store=False)
+    with pytest.raises(cfg.ConfigError, match=r"feature_store: a feature group needs a store"):
+        cfg.parse(changed, ENV)
+
+
+def test_dead_letter_queue_must_be_an_sqs_arn(document):
+    with pytest.raises(cfg.ConfigError, match=r"schedule\.dead_letter_arn: 'my-queue' does not match"):
+        parse_with(document, "schedule.dead_letter_arn", "my-queue")

@@ -454,3 +454,13 @@ def test_the_sdk_config_is_validated_once_and_an_invalid_one_still_raises():
     for _ in range(2):
         with pytest.raises(jsonschema.ValidationError):
             validate({"SchemaVersion": "1.0", "Unknown": 1})
+
+
+@pytest.mark.parametrize(("online", "offline"), [(True, False), (False, True)])
+def test_ingest_gets_the_stores_the_configuration_asks_for(online, offline):
+    config = cfg.load(environ=ENV)
+    store = config.feature_store.model_copy(update={"online_store": online, "offline_store": offline})
+    steps = all_steps(json.loads(definition(config.model_copy(update={"feature_store": store}))))
+    arguments = steps["FeatureStoreIngest"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert ("--offline-store-uri" in arguments) == offline
+    assert ("--online-store" if online else "--no-online-store") in arguments

@@ -8,6 +8,7 @@ import json
 
 import boto3
 import pytest
+import yaml
 from botocore.stub import Stubber
 from moto import mock_aws
 
@@ -15,7 +16,17 @@ from pipelines import cli, publish
 from pipelines import config as cfg
 
 ROLE = "arn:aws:iam::123456789012:role/pipeline"
-ENV = {"SAGEMAKER_ROLE_ARN": ROLE, "SAGEMAKER_BUCKET": "test-bucket"}
+SCHEDULER_ROLE = "arn:aws:iam::123456789012:role/scheduler"
+DLQ = "arn:aws:sqs:us-east-1:123456789012:schedule-dead-letters"
+REPOSITORY = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fraud-detection"
+ENV = {
+    "SAGEMAKER_ROLE_ARN": ROLE,
+    "SAGEMAKER_BUCKET": "test-bucket",
+    "FRAUD_IMAGE_URI": f"{REPOSITORY}:latest",
+    "SCHEDULER_ROLE_ARN": SCHEDULER_ROLE,
+    "SCHEDULE_DLQ_ARN": DLQ,
+}
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"})
 EXECUTION = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/fraud-detection/execution/abc123"
 
 
@@ -34,7 +45,29 @@ def aws(monkeypatch):
         monkeypatch.setenv(name, value)
     with mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-bucket")
+        ecr = boto3.client("ecr", region_name="us-east-1")
+        ecr.create_repository(repositoryName="fraud-detection")
+        ecr.put_image(repositoryName="fraud-detection", imageManifest=MANIFEST, imageTag="latest")
         yield boto3.client("sagemaker", region_name="us-east-1")
+
+
+def pushed_digest() -> str:
+    ecr = boto3.client("ecr", region_name="us-east-1")
+    return ecr.describe_images(repositoryName="fraud-detection")["imageDetails"][0]["imageDigest"]
+
+
+def images(document) -> set[str]:
+    """Every image URI a definition names (processing, training, model package)."""
+    found = set()
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if key in ("ImageUri", "TrainingImage", "Image") and isinstance(value, str):
+                found.add(value)
+            found |= images(value)
+    elif isinstance(document, list):
+        for value in document:
+            found |= images(value)
+    return found
 
 
 @pytest.fixture
@@ -63,6 +96,59 @@ def test_upsert_creates_then_updates_with_description_and_tags(aws, config):
     assert described["PipelineDescription"] == "new text"
     tags = {t["Key"]: t["Value"] for t in aws.list_tags(ResourceArn=arn)["Tags"]}
     assert tags == {"team": "fraud", "project": "fraud-detection"}
+
+
+def test_upsert_pins_the_image_to_its_digest(aws, config):
+    """A package approved months later must deploy the image it was built with, not what :latest names then."""
+    publish.upsert(config)
+    document = json.loads(aws.describe_pipeline(PipelineName="fraud-detection")["PipelineDefinition"])
+    ours = {image for image in images(document) if "fraud-detection" in image}
+    assert ours == {f"{REPOSITORY}@{pushed_digest()}"}
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("fraud-detection:latest", "is not an ECR image"),
+        (f"{REPOSITORY}:v9", "push the image first"),
+        ("123456789012.dkr.ecr.us-east-1.amazonaws.com/elsewhere:latest", "push the image first"),
+    ],
+)
+def test_upsert_needs_a_pushed_ecr_image(aws, config, image, message):
+    changed = config.model_copy(update={"aws": config.aws.model_copy(update={"image_uri": image})})
+    with pytest.raises(publish.PublishError, match=message):
+        publish.upsert(changed)
+
+
+def test_a_digest_in_the_uri_is_kept(config):
+    digest = "sha256:" + "a" * 64
+    pinned = config.model_copy(update={"aws": config.aws.model_copy(update={"image_uri": f"{REPOSITORY}@{digest}"})})
+    assert publish.pinned_image(pinned, ecr=None) == f"{REPOSITORY}@{digest}"
+
+
+def test_definition_upload_puts_what_it_names_in_the_bucket(aws, config):
+    document = json.loads(publish.definition_uploaded(config))
+    s3 = boto3.client("s3", region_name="us-east-1")
+    static = set()
+
+    def collect(value):
+        if isinstance(value, dict):
+            for inner in value.values():
+                collect(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                collect(inner)
+        elif (
+            isinstance(value, str) and value.startswith("s3://test-bucket/") and value.endswith((".json", ".gz", ".sh"))
+        ):
+            static.add(value)
+
+    collect(document)
+    assert any(uri.endswith("sourcedir.tar.gz") for uri in static)
+    assert any("/bias-check/baseline/" in uri for uri in static)
+    for uri in static:
+        s3.head_object(Bucket="test-bucket", Key=uri.removeprefix("s3://test-bucket/"))  # raises when missing
+    assert f"{REPOSITORY}@{pushed_digest()}" in images(document)
 
 
 def test_upsert_without_role_is_a_clear_error(aws):
@@ -98,30 +184,59 @@ def test_parameter_syntax(pairs):
 
 
 def test_schedule_create_disable_delete(published, config):
+    """`make schedule` makes the recurring run it promises: enabled, on its own role, retried, with a DLQ."""
     scheduler = boto3.client("scheduler", region_name="us-east-1")
-    enabled = config.model_copy(update={"schedule": config.schedule.model_copy(update={"enabled": True})})
-    assert publish.schedule(enabled).startswith("created schedule fraud-detection-schedule (ENABLED)")
+    assert publish.schedule(config).startswith("created schedule fraud-detection-schedule (ENABLED)")
     schedule = scheduler.get_schedule(Name="fraud-detection-schedule")
     assert schedule["ScheduleExpression"] == "cron(0 3 ? * MON *)"
-    assert schedule["Target"]["Arn"].endswith(":pipeline/fraud-detection")
-    assert schedule["Target"]["RoleArn"] == ROLE
     assert schedule["State"] == "ENABLED"
+    target = schedule["Target"]
+    assert target["Arn"].endswith(":pipeline/fraud-detection")
+    assert target["RoleArn"] == SCHEDULER_ROLE  # trusted by scheduler.amazonaws.com, not SageMaker's role
+    assert target["RetryPolicy"] == {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600}
+    assert target["DeadLetterConfig"] == {"Arn": DLQ}
 
-    assert publish.schedule(enabled, "disable").startswith("updated schedule fraud-detection-schedule (DISABLED)")
+    assert publish.schedule(config, "disable").startswith("updated schedule fraud-detection-schedule (DISABLED)")
     assert scheduler.get_schedule(Name="fraud-detection-schedule")["State"] == "DISABLED"
+    assert publish.schedule(config).startswith("updated schedule fraud-detection-schedule (ENABLED)")
 
-    publish.schedule(enabled, "delete")
+    publish.schedule(config, "delete")
     with pytest.raises(scheduler.exceptions.ResourceNotFoundException):
         scheduler.get_schedule(Name="fraud-detection-schedule")
 
 
-def test_schedule_passes_configured_parameters(published, config):
-    with_params = config.model_copy(
-        update={"schedule": config.schedule.model_copy(update={"parameters": {"MaxTuningJobs": 6}})}
-    )
+def test_schedule_passes_configured_parameters_booleans_as_true_false(published, config):
+    parameters = {"MaxTuningJobs": 6, "SkipBiasCheck": True, "RegisterNewBiasBaseline": False, "MinAuc": 0.8}
+    with_params = config.model_copy(update={"schedule": config.schedule.model_copy(update={"parameters": parameters})})
     publish.schedule(with_params)
     target = boto3.client("scheduler", region_name="us-east-1").get_schedule(Name="fraud-detection-schedule")["Target"]
-    assert target["SageMakerPipelineParameters"]["PipelineParameterList"] == [{"Name": "MaxTuningJobs", "Value": "6"}]
+    assert target["SageMakerPipelineParameters"]["PipelineParameterList"] == [
+        {"Name": "MaxTuningJobs", "Value": "6"},
+        {"Name": "MinAuc", "Value": "0.8"},
+        {"Name": "RegisterNewBiasBaseline", "Value": "false"},
+        {"Name": "SkipBiasCheck", "Value": "true"},
+    ]
+
+
+def test_schedule_parameters_from_yaml_keep_their_type(config):
+    document = yaml.safe_load(cfg.DEFAULT_PATH.read_text())
+    document["schedule"]["parameters"] = {"SkipBiasCheck": True, "MaxTuningJobs": 6, "ClaimsUri": "s3://b/c.csv"}
+    parameters = cfg.parse(document, ENV).schedule.parameters
+    assert [publish.parameter_value(v) for v in parameters.values()] == ["true", "6", "s3://b/c.csv"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"role_arn": ""}, "schedule.role_arn is empty: set SCHEDULER_ROLE_ARN"),
+        ({"dead_letter_arn": ""}, "schedule.dead_letter_arn is empty: set SCHEDULE_DLQ_ARN"),
+        ({"parameters": {"MinAUC": 0.8}}, "unknown pipeline parameter.*MinAUC"),
+    ],
+)
+def test_schedule_refuses_what_would_never_start(published, config, changes, message):
+    changed = config.model_copy(update={"schedule": config.schedule.model_copy(update=changes)})
+    with pytest.raises(publish.PublishError, match=message):
+        publish.schedule(changed)
 
 
 def step(name, status, reason=None):
@@ -229,6 +344,7 @@ def test_cli_invalid_config_names_the_key(capsys, tmp_path):
 def test_cli_upsert_without_credentials(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("SAGEMAKER_ROLE_ARN", ROLE)
     monkeypatch.setenv("SAGEMAKER_BUCKET", "test-bucket")
+    monkeypatch.setenv("FRAUD_IMAGE_URI", f"{REPOSITORY}:latest")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -245,6 +361,7 @@ def test_cli_upsert_without_network(capsys, monkeypatch):
     """Credentials but no reachable endpoint: the connection error, in one line."""
     monkeypatch.setenv("SAGEMAKER_ROLE_ARN", ROLE)
     monkeypatch.setenv("SAGEMAKER_BUCKET", "test-bucket")
+    monkeypatch.setenv("FRAUD_IMAGE_URI", f"{REPOSITORY}:latest")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
@@ -255,10 +372,12 @@ def test_cli_upsert_without_network(capsys, monkeypatch):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_cli_definition_writes_the_file(capsys, tmp_path, monkeypatch):
+def test_cli_definition_writes_the_file_and_says_it_was_built_offline(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SAGEMAKER_BUCKET", "test-bucket")
     out = tmp_path / "definition.json"
-    code, printed, _ = run_cli(capsys, "definition", "--output", str(out))
+    code, printed, err = run_cli(capsys, "definition", "--output", str(out))
     assert code == 0 and printed.strip() == f"wrote {out}"
+    assert err.startswith("note: built offline: the S3 objects this definition names")
+    assert "--upload" in err
     types = {s["Type"] for s in json.loads(out.read_text())["Steps"]}
     assert types == {"Processing", "ClarifyCheck", "Tuning", "Condition"}
