@@ -49,18 +49,20 @@ deploy-infra: $(INSTALLED)  ## deploy the approved-model -> endpoint function an
 # The project image (docker/). By default on the offline base made with debootstrap (no registry needed;
 # root and a Debian mirror are); where a registry is reachable: make image BASE_IMAGE=python:3.11-slim.
 # CA_BUNDLE goes into the offline base so pip trusts a TLS-inspecting proxy (CA_BUNDLE= to leave it out).
+# PLATFORM: what the instances run (ml.m5, ml.c5: linux/amd64), whatever this host is.
 OFFLINE_BASE := fraud-detection-base:bookworm
 BASE_IMAGE ?= $(OFFLINE_BASE)
 IMAGE ?= fraud-detection:latest
 CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+PLATFORM ?= linux/amd64
 
 .PHONY: image local
-image:  ## build the project image $(IMAGE) (BASE_IMAGE, CA_BUNDLE); installs and starts Docker if needed
+image:  ## build the project image $(IMAGE) (BASE_IMAGE, CA_BUNDLE, PLATFORM); installs and starts Docker if needed
 	bash docker/ensure_engine.sh
 ifeq ($(BASE_IMAGE),$(OFFLINE_BASE))
-	bash docker/build_base_image.sh --name $(BASE_IMAGE) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
+	bash docker/build_base_image.sh --name $(BASE_IMAGE) --platform $(PLATFORM) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
 endif
-	docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) docker/
+	docker build --platform $(PLATFORM) --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) docker/
 
 CLAIMS ?=
 CUSTOMERS ?=

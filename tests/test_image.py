@@ -228,6 +228,192 @@ def test_requirements_pin_exact_versions_within_the_project_ranges():
     assert not outside, f"pins outside setup.cfg's ranges (pin, range): {outside}"
 
 
+# ------------------------------------------------------------------- building the image, without building it
+
+BASE_SCRIPT = ROOT / "docker" / "build_base_image.sh"
+
+
+def run_base_script(
+    *args: str, sources: Path, env: dict | None = None, fakes: Path | None = None
+) -> subprocess.CompletedProcess:
+    """docker/build_base_image.sh with APT_SOURCES_DIR=sources, DEBIAN_MIRROR only when env sets it,
+    and the commands in `fakes` first on PATH."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("DEBIAN_MIRROR", "BASE_IMAGE_NAME")}
+    environment.update(APT_SOURCES_DIR=str(sources), **(env or {}))
+    if fakes is not None:
+        environment["PATH"] = f"{fakes}{os.pathsep}{environment['PATH']}"
+    command = ["bash", str(BASE_SCRIPT), *args]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
+
+
+def error_line(done: subprocess.CompletedProcess) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert lines, f"no error message (rc {done.returncode})"
+    return lines[-1]
+
+
+def test_base_script_names_no_mirror_host():
+    text = BASE_SCRIPT.read_text()
+    assert "debian.org" not in text
+    assert not re.findall(r"\w+://\w", text), "a literal URL in build_base_image.sh"
+
+
+def test_base_script_takes_the_mirror_from_one_line_sources(tmp_path):
+    (tmp_path / "sources.list.d").mkdir(parents=True)
+    (tmp_path / "sources.list").write_text(
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://security.example/debian-security"
+        " bookworm-security main\n"
+        "deb [arch=amd64] http://mirror.example/pub/debian/ bookworm main contrib\n"
+    )
+    (tmp_path / "sources.list.d" / "vendor.list").write_text("deb https://vendor.example/apt stable main\n")
+    done = run_base_script("--print-mirror", sources=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "http://mirror.example/pub/debian"
+
+
+def test_base_script_takes_the_mirror_from_deb822_sources(tmp_path):
+    (tmp_path / "sources.list.d").mkdir(parents=True)
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: https://security.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n"
+        "Types: deb\n# http://commented.example/debian\nURIs: https://mirror.example/debian\n"
+        "Suites: bookworm bookworm-updates\nComponents: main\n"
+    )
+    done = run_base_script("--print-mirror", sources=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "https://mirror.example/debian"
+
+
+def test_base_script_mirror_option_overrides_variable_overrides_sources(tmp_path):
+    (tmp_path / "sources.list").write_text("deb http://host.example/debian bookworm main\n")
+    from_variable = run_base_script(
+        "--print-mirror", sources=tmp_path, env={"DEBIAN_MIRROR": "http://var.example/debian"}
+    )
+    assert from_variable.stdout.strip() == "http://var.example/debian", from_variable.stderr
+    from_option = run_base_script(
+        "--print-mirror", "--mirror", "http://opt.example/debian/", sources=tmp_path, env={"DEBIAN_MIRROR": "x"}
+    )
+    assert from_option.stdout.strip() == "http://opt.example/debian", from_option.stderr
+
+
+@pytest.mark.parametrize(
+    "sources", [{}, {"sources.list": "deb http://archive.example/ubuntu jammy main\n"}], ids=["none", "not-debian"]
+)
+def test_base_script_without_a_mirror_fails_saying_how_to_give_one(tmp_path, sources):
+    for name, text in sources.items():
+        (tmp_path / name).write_text(text)
+    done = run_base_script("--print-mirror", sources=tmp_path)
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "pass --mirror URL or set DEBIAN_MIRROR" in error_line(done)
+
+
+def test_base_script_refuses_a_mirror_that_is_not_a_url(tmp_path):
+    done = run_base_script("--print-mirror", "--mirror", "mirror.example/debian", sources=tmp_path)
+    assert done.returncode != 0
+    assert "mirror.example/debian" in error_line(done)
+
+
+def fake_build_host(root: Path, machine: str) -> Path:
+    """Commands standing in for a root build host of the given `uname -m`, with a Docker engine that has
+    no images, and a debootstrap that records its arguments in debootstrap.args and fails."""
+    fakes = root / "bin"
+    fakes.mkdir()
+    scripts = {
+        "docker": 'case "$1" in info) exit 0 ;; *) exit 1 ;; esac',
+        "id": "echo 0",
+        "uname": f"echo {machine}",
+        "debootstrap": f'echo "$@" > {root / "debootstrap.args"}; exit 1',
+    }
+    for name, body in scripts.items():
+        (fakes / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fakes / name).chmod(0o755)
+    return fakes
+
+
+MIRROR_ARGS = ("--mirror", "http://mirror.example/debian")
+
+
+def test_base_script_debootstraps_amd64_on_an_amd64_host(tmp_path):
+    fakes = fake_build_host(tmp_path, "x86_64")
+    done = run_base_script("--name", "fraud-test-base:amd64", *MIRROR_ARGS, sources=tmp_path, fakes=fakes)
+    assert "debootstrap failed" in error_line(done)
+    args = (tmp_path / "debootstrap.args").read_text().split()
+    assert "--arch=amd64" in args
+    assert "--foreign" not in args
+    assert args[-1] == "http://mirror.example/debian"
+
+
+def test_base_script_debootstraps_amd64_foreign_on_an_arm64_host_with_qemu(tmp_path):
+    fakes = fake_build_host(tmp_path, "aarch64")
+    binfmt = tmp_path / "binfmt_misc"
+    binfmt.mkdir()
+    (binfmt / "qemu-x86_64").write_text(
+        "enabled\ninterpreter /usr/libexec/qemu-binfmt/x86_64-binfmt-P\nflags: POCF\noffset 0\n"
+    )
+    done = run_base_script(
+        *MIRROR_ARGS, sources=tmp_path, fakes=fakes, env={"BINFMT_MISC": str(binfmt), "BASE_IMAGE_NAME": "t:1"}
+    )
+    assert "debootstrap failed" in error_line(done)
+    args = (tmp_path / "debootstrap.args").read_text().split()
+    assert {"--arch=amd64", "--foreign"} <= set(args)
+
+
+@pytest.mark.parametrize(
+    "entry", [None, "enabled\nflags: OC\n", "disabled\nflags: POCF\n"], ids=["none", "no-fix-binary", "disabled"]
+)
+def test_base_script_on_an_arm64_host_without_qemu_says_what_to_install(tmp_path, entry):
+    fakes = fake_build_host(tmp_path, "aarch64")
+    binfmt = tmp_path / "binfmt_misc"
+    binfmt.mkdir()
+    if entry is not None:
+        (binfmt / "qemu-x86_64").write_text(entry)
+    done = run_base_script(*MIRROR_ARGS, sources=tmp_path, fakes=fakes, env={"BINFMT_MISC": str(binfmt)})
+    assert done.returncode != 0
+    assert not (tmp_path / "debootstrap.args").exists(), "it must not build the host's architecture instead"
+    assert "apt-get install -y qemu-user-static binfmt-support" in error_line(done)
+
+
+def test_base_script_refuses_an_unknown_platform(tmp_path):
+    done = run_base_script("--platform", "linux/s390x", *MIRROR_ARGS, sources=tmp_path)
+    assert done.returncode != 0
+    assert "linux/s390x" in error_line(done)
+
+
+def make_dry_run(*variables: str) -> str:
+    done = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "image", *variables], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def command_line(output: str, start: str) -> list[str]:
+    lines = [line.split() for line in output.splitlines() if line.startswith(start)]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_make_image_builds_for_linux_amd64_by_default():
+    output = make_dry_run()
+    base = command_line(output, "bash docker/build_base_image.sh")
+    assert base[base.index("--platform") + 1] == "linux/amd64"
+    build = command_line(output, "docker build")
+    assert build[build.index("--platform") + 1] == "linux/amd64"
+
+
+def test_make_image_passes_platform_to_both_builds():
+    output = make_dry_run("PLATFORM=linux/arm64")
+    for start in ("bash docker/build_base_image.sh", "docker build"):
+        line = command_line(output, start)
+        assert line[line.index("--platform") + 1] == "linux/arm64"
+    registry_base = make_dry_run("BASE_IMAGE=python:3.11-slim")
+    assert "build_base_image.sh" not in registry_base
+    build = command_line(registry_base, "docker build")
+    assert build[build.index("--platform") + 1] == "linux/amd64"
+
+
 # ------------------------------------------------------------------- the built image
 
 
@@ -284,6 +470,22 @@ def test_image_train_runs_a_mounted_program_on_a_channel(image, tmp_path):
     assert report["env"]["SM_CHANNEL_TRAIN"] == "/opt/ml/input/data/train"
     assert report["env"]["SM_MODEL_DIR"] == "/opt/ml/model"
     assert not list((base / "code").glob("__pycache__")), "the image must not write bytecode into mounted code"
+
+
+@pytest.mark.docker
+def test_image_is_built_for_linux_amd64(image):
+    """SageMaker's ml.m5 and ml.c5 instances are x86_64: the image (and the offline base it was made
+    from, when there is one) must be linux/amd64 whatever the build host is."""
+    images = [image]
+    base = os.environ.get("BASE_IMAGE_NAME", "fraud-detection-base:bookworm")
+    if subprocess.run(["docker", "image", "inspect", base], capture_output=True).returncode == 0:
+        images.append(base)
+    for name in images:
+        done = subprocess.run(
+            ["docker", "image", "inspect", "-f", "{{.Os}}/{{.Architecture}}", name], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "linux/amd64", name
 
 
 @pytest.mark.docker
