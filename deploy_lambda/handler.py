@@ -5,6 +5,14 @@ endpoint config `<endpoint>-v<version>` (data capture on) and then the endpoint:
 otherwise updated blue/green with auto-rollback on the configured alarms, so the fleet serving today keeps serving
 until the new one is InService. Names derive from the package version, so a replayed event finds its work done.
 
+Only a version newer than the one the endpoint serves or is moving to is deployed: SageMaker may send an event more
+than once, and a late copy of an older approval must not roll the endpoint back. A direct invocation with
+{"rollback_to": "<model package ARN>"} deploys an older Approved version on purpose.
+
+While another deployment holds the endpoint, the request goes to the retry queue (RETRY_QUEUE_URL) with a 15-minute
+delay; the queue invokes this function again (an SQS event), up to MAX_ATTEMPTS times, then the message is
+dead-lettered.
+
 Superseded configs and models of this endpoint (named `<endpoint>-v<N>`) are deleted only once the endpoint is
 InService on the new config. The function waits for that while its remaining time allows; a blue/green update that
 outlasts it is left running, and the next invocation (the next approval, or a replay of this one) cleans up.
@@ -34,6 +42,7 @@ REQUIRED = (
     "INSTANCE_TYPE",
     "INSTANCE_COUNT",
     "DATA_CAPTURE_S3_URI",
+    "RETRY_QUEUE_URL",
 )
 TRAFFIC_ROUTINGS = ("ALL_AT_ONCE", "CANARY")
 VARIANT = "AllTraffic"
@@ -45,6 +54,10 @@ MAX_EXECUTION_SECONDS = 3600  # SageMaker gives up (and rolls back) a blue/green
 POLL_SECONDS = 30
 SAFETY_MARGIN_SECONDS = 60  # stop waiting this long before the Lambda timeout
 WAIT_WITHOUT_CONTEXT_SECONDS = 840  # local runs: what a 15-minute Lambda would allow
+RETRY_DELAY_SECONDS = 900  # the longest delay SQS allows
+MAX_ATTEMPTS = 24  # retries 15 minutes apart: 6 hours for the other deployment (1 h at most, plus baking) to end
+# What UpdateEndpoint and CreateEndpoint say (ValidationException) when another deployment got there first.
+BUSY_MESSAGES = ("Cannot update in-progress endpoint", "Cannot create already existing endpoint")
 
 # Throttling and transient errors: botocore retries each call 5 times more, with exponential backoff and jitter.
 RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
@@ -59,7 +72,7 @@ class DeploymentError(RuntimeError):
 
 
 class EndpointBusy(DeploymentError):
-    """Another create/update of the endpoint is under way; a retry of the invocation will succeed later."""
+    """Another create/update of the endpoint is under way; the request is retried later from the retry queue."""
 
 
 def log(level: str, message: str, **fields: Any) -> None:
@@ -77,6 +90,7 @@ class Settings:
     instance_type: str
     instance_count: int
     data_capture_s3_uri: str
+    retry_queue_url: str
     data_capture_percent: int = 100
     kms_key_id: str = ""
     rollback_alarms: tuple[str, ...] = ()
@@ -94,6 +108,7 @@ class Settings:
             instance_type=environ["INSTANCE_TYPE"].strip(),
             instance_count=_integer(environ, "INSTANCE_COUNT", 1, 100),
             data_capture_s3_uri=environ["DATA_CAPTURE_S3_URI"].strip(),
+            retry_queue_url=environ["RETRY_QUEUE_URL"].strip(),
             data_capture_percent=_integer(environ, "DATA_CAPTURE_PERCENT", 0, 100, default=100),
             kms_key_id=environ.get("KMS_KEY_ID", "").strip(),
             rollback_alarms=tuple(a.strip() for a in environ.get("ROLLBACK_ALARMS", "").split(",") if a.strip()),
@@ -126,6 +141,43 @@ def _integer(environ: Mapping[str, str], name: str, low: int, high: int, default
     return value
 
 
+@dataclass(frozen=True)
+class Request:
+    """What to deploy: an approved package, or (rollback) an older one named by an operator."""
+
+    package_arn: str
+    rollback: bool = False
+
+
+def unwrap(event: Any) -> tuple[Any, int]:
+    """The event to act on and how many times it was retried: a retry-queue record carries both, in its body."""
+    records = event.get("Records") if isinstance(event, dict) else None
+    first = records[0] if isinstance(records, list) and records else None
+    if not isinstance(first, dict) or first.get("eventSource") != "aws:sqs":
+        return event, 0
+    if len(records) > 1:
+        raise ConfigurationError(f"{len(records)} SQS records in one event: the event source needs BatchSize 1")
+    try:
+        body = json.loads(first.get("body"))
+    except (TypeError, ValueError):
+        body = first.get("body")
+    if isinstance(body, dict) and isinstance(body.get("attempt"), int):
+        return body.get("event"), body["attempt"]
+    return body, 0  # not a retry of ours: rejected below like any malformed event
+
+
+def requested(event: Any, settings: Settings) -> Request | None:
+    """The deployment an event asks for, or None (logged) when there is nothing to deploy."""
+    if isinstance(event, dict) and "rollback_to" in event:
+        arn = event["rollback_to"]
+        if not isinstance(arn, str) or not arn.startswith("arn:"):
+            log("WARNING", "rejected: rollback_to must be a model package ARN", event=event)
+            return None
+        return Request(arn, rollback=True)
+    arn = approved_package(event, settings)
+    return Request(arn) if arn else None
+
+
 def approved_package(event: Any, settings: Settings) -> str | None:
     """The ARN of the package this event approves in our group, or None (logged) when there is nothing to deploy."""
     detail = event.get("detail") if isinstance(event, dict) else None
@@ -151,6 +203,21 @@ def resource_name(endpoint_name: str, version: int) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise ConfigurationError(f"{name!r} is longer than {MAX_NAME_LENGTH} characters: shorten ENDPOINT_NAME")
     return name
+
+
+def versioned_name(endpoint_name: str) -> re.Pattern[str]:
+    """Matches the names resource_name gives, capturing the version."""
+    return re.compile(rf"{re.escape(endpoint_name)}-v(\d+)")
+
+
+def newer_on_endpoint(endpoint: Mapping[str, Any] | None, endpoint_name: str, version: int) -> int | None:
+    """The version the endpoint serves or is moving to (config <endpoint>-v<N>) when it is newer than `version`."""
+    if endpoint is None:
+        return None
+    names = (endpoint["EndpointConfigName"], endpoint.get("PendingDeploymentSummary", {}).get("EndpointConfigName"))
+    pattern = versioned_name(endpoint_name)
+    versions = [int(match[1]) for name in names if name and (match := pattern.fullmatch(name))]
+    return max(versions) if versions and max(versions) > version else None
 
 
 def container_environment(package: Mapping[str, Any]) -> dict[str, str]:
@@ -257,16 +324,26 @@ def ensure_endpoint_config(client: Any, settings: Settings, name: str, package_a
     log("INFO", "endpoint config created", endpoint_config=name, data_capture=settings.data_capture_percent)
 
 
-def roll_out(client: Any, settings: Settings, config_name: str) -> tuple[str, dict[str, Any] | None]:
-    """Point the endpoint at config_name: 'created', 'updated', or 'unchanged' when it is there or on its way.
+def _start(call: Any, **kwargs: Any) -> None:
+    """CreateEndpoint or UpdateEndpoint; EndpointBusy when another deployment got to the endpoint first."""
+    try:
+        call(**kwargs)
+    except ClientError as error:
+        code, message = error.response["Error"]["Code"], error.response["Error"].get("Message", "")
+        if code == "ValidationException" and any(busy in message for busy in BUSY_MESSAGES):
+            raise EndpointBusy(f"endpoint {kwargs['EndpointName']}: {message}") from error
+        raise
 
-    Also returns the DescribeEndpoint response seen before acting (None when the endpoint did not exist).
+
+def roll_out(client: Any, settings: Settings, config_name: str, endpoint: Mapping[str, Any] | None) -> str:
+    """Point the endpoint (DescribeEndpoint response, None: none yet) at config_name.
+
+    'created', 'updated', or 'unchanged' when it is there or on its way.
     """
-    endpoint = _describe(client.describe_endpoint, EndpointName=settings.endpoint_name)
     if endpoint is None:
-        client.create_endpoint(EndpointName=settings.endpoint_name, EndpointConfigName=config_name)
+        _start(client.create_endpoint, EndpointName=settings.endpoint_name, EndpointConfigName=config_name)
         log("INFO", "endpoint creation started", endpoint=settings.endpoint_name, endpoint_config=config_name)
-        return "created", None
+        return "created"
     status, current = endpoint["EndpointStatus"], endpoint["EndpointConfigName"]
     pending = endpoint.get("PendingDeploymentSummary", {}).get("EndpointConfigName")
     if status == "Failed":
@@ -276,16 +353,17 @@ def roll_out(client: Any, settings: Settings, config_name: str) -> tuple[str, di
         )
     if config_name in (current, pending):
         log("INFO", "endpoint already on this config", endpoint=settings.endpoint_name, endpoint_status=status)
-        return "unchanged", endpoint
+        return "unchanged"
     if status != "InService":
-        raise EndpointBusy(f"endpoint {settings.endpoint_name} is {status} (another deployment); retry later")
-    client.update_endpoint(
+        raise EndpointBusy(f"endpoint {settings.endpoint_name} is {status} (another deployment)")
+    _start(
+        client.update_endpoint,
         EndpointName=settings.endpoint_name,
         EndpointConfigName=config_name,
         DeploymentConfig=deployment_config(settings),
     )
     log("INFO", "blue/green update started", endpoint=settings.endpoint_name, old=current, new=config_name)
-    return "updated", endpoint
+    return "updated"
 
 
 def wait_for_endpoint(client: Any, endpoint_name: str, seconds: float) -> dict[str, Any]:
@@ -304,7 +382,7 @@ def wait_for_endpoint(client: Any, endpoint_name: str, seconds: float) -> dict[s
 
 def clean_up(client: Any, settings: Settings, keep: str) -> list[str]:
     """Delete this endpoint's earlier endpoint configs, then models (named <endpoint>-v<N>), except `keep`."""
-    ours = re.compile(rf"{re.escape(settings.endpoint_name)}-v\d+")
+    ours = versioned_name(settings.endpoint_name)
     prefix = f"{settings.endpoint_name}-v"
     configs = client.get_paginator("list_endpoint_configs").paginate(NameContains=prefix)
     models = client.get_paginator("list_models").paginate(NameContains=prefix)
@@ -322,17 +400,29 @@ def clean_up(client: Any, settings: Settings, keep: str) -> list[str]:
     return deleted
 
 
-def deploy(client: Any, settings: Settings, package_arn: str, wait_seconds: float) -> dict[str, Any]:
+def deploy(client: Any, settings: Settings, request: Request, wait_seconds: float) -> dict[str, Any]:
     """Model, endpoint config, endpoint; then clean up once the endpoint serves the new config."""
+    package_arn = request.package_arn
     package = client.describe_model_package(ModelPackageName=package_arn)
-    approved = package["ModelApprovalStatus"] == "Approved"
-    if not approved or package.get("ModelPackageGroupName") != settings.model_package_group:
+    status, group = package["ModelApprovalStatus"], package.get("ModelPackageGroupName")
+    if status != "Approved" or group != settings.model_package_group:
+        if request.rollback:
+            raise DeploymentError(
+                f"rollback_to {package_arn} refused: it is {status} in group {group}, "
+                f"only Approved packages of {settings.model_package_group} are deployed"
+            )
         log("INFO", "ignored: the package is no longer approved", model_package=package_arn)
         return {"status": "ignored", "model_package": package_arn}
-    name = resource_name(settings.endpoint_name, package["ModelPackageVersion"])
+    version = package["ModelPackageVersion"]
+    name = resource_name(settings.endpoint_name, version)
+    endpoint = _describe(client.describe_endpoint, EndpointName=settings.endpoint_name)
+    newer = newer_on_endpoint(endpoint, settings.endpoint_name, version)
+    if newer is not None and not request.rollback:
+        log("INFO", "ignored: older than the version on the endpoint", model_package=package_arn, newer=newer)
+        return {"status": "ignored_older", "model_package": package_arn, "endpoint_version": newer}
     ensure_model(client, settings, name, package)
     ensure_endpoint_config(client, settings, name, package_arn)
-    action, endpoint = roll_out(client, settings, name)
+    action = roll_out(client, settings, name, endpoint)
     result = {"status": action, "endpoint": settings.endpoint_name, "endpoint_config": name}
     if action != "unchanged":
         endpoint = wait_for_endpoint(client, settings.endpoint_name, wait_seconds)
@@ -353,6 +443,24 @@ def sagemaker_client() -> Any:
     return boto3.client("sagemaker", config=RETRY_CONFIG)
 
 
+def sqs_client() -> Any:
+    return boto3.client("sqs", config=RETRY_CONFIG)
+
+
+def retry_later(client: Any, settings: Settings, event: Any, attempt: int, busy: EndpointBusy) -> dict[str, Any]:
+    """Send the event back through the retry queue, delayed; EndpointBusy once MAX_ATTEMPTS retries are spent."""
+    if attempt > MAX_ATTEMPTS:
+        hours = MAX_ATTEMPTS * RETRY_DELAY_SECONDS / 3600
+        raise EndpointBusy(f"{busy}; still busy after {MAX_ATTEMPTS} retries over {hours:g} hours, giving up")
+    client.send_message(
+        QueueUrl=settings.retry_queue_url,
+        MessageBody=json.dumps({"event": event, "attempt": attempt}),
+        DelaySeconds=RETRY_DELAY_SECONDS,
+    )
+    log("INFO", "endpoint busy: retry queued", reason=str(busy), attempt=attempt, delay_seconds=RETRY_DELAY_SECONDS)
+    return {"status": "queued", "endpoint": settings.endpoint_name, "attempt": attempt}
+
+
 def wait_budget(context: Any) -> float:
     """Seconds this invocation may spend waiting for the endpoint."""
     if context is None:
@@ -361,14 +469,23 @@ def wait_budget(context: Any) -> float:
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
-    """Lambda entry point. Raises on failure, so Lambda retries the event and the error shows in its metrics."""
+    """Lambda entry point: EventBridge events, direct rollback_to invocations and retry-queue (SQS) records.
+
+    Raises on failure, so Lambda retries (or SQS redelivers) and the error shows in its metrics; a busy endpoint is
+    not a failure but a retry queued for later.
+    """
     settings = Settings.from_env(os.environ)
-    package_arn = approved_package(event, settings)
-    if package_arn is None:
+    event, attempt = unwrap(event)
+    request = requested(event, settings)
+    if request is None:
         return {"status": "ignored"}
-    log("INFO", "deploying approved model package", model_package=package_arn, endpoint=settings.endpoint_name)
+    fields = {"model_package": request.package_arn, "rollback": request.rollback, "attempt": attempt}
+    log("INFO", "deploying model package", endpoint=settings.endpoint_name, **fields)
     try:
-        return deploy(sagemaker_client(), settings, package_arn, wait_budget(context))
+        try:
+            return deploy(sagemaker_client(), settings, request, wait_budget(context))
+        except EndpointBusy as busy:
+            return retry_later(sqs_client(), settings, event, attempt + 1, busy)
     except Exception as error:
-        log("ERROR", "deployment failed", model_package=package_arn, error=f"{type(error).__name__}: {error}")
+        log("ERROR", "deployment failed", **fields, error=f"{type(error).__name__}: {error}")
         raise

@@ -1,4 +1,5 @@
-"""deploy_lambda/handler.py: moto for the create path, botocore's Stubber where moto stops (UpdateEndpoint)."""
+"""deploy_lambda/handler.py: moto for the create path and the retry queue (SQS), botocore's Stubber where moto
+stops (moto has no UpdateEndpoint, so the update path and busy endpoints are stubbed)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ ENV = {
     "INSTANCE_COUNT": "1",
     "DATA_CAPTURE_S3_URI": CAPTURE,
     "ROLLBACK_ALARMS": ",".join(ALARMS),
+    "RETRY_QUEUE_URL": f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/fraud-detection-deploy-RetryQueue",
 }
 WRITES = {"CreateModel", "CreateEndpointConfig", "CreateEndpoint", "UpdateEndpoint", "DeleteModel"}
 
@@ -73,7 +75,59 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-# ---- moto: the create path and replays ------------------------------------------------------------------------------
+# ---- moto: the retry queue, the create path and replays -------------------------------------------------------------
+
+
+@dataclass
+class RetryQueue:
+    """moto's SQS queue behind RETRY_QUEUE_URL, and the SendMessage requests the handler made to it."""
+
+    url: str
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+    def delayed(self) -> int:
+        """Messages SQS holds back for their delay (moto honours DelaySeconds)."""
+        attributes = boto3.client("sqs", region_name=REGION).get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessagesDelayed"])
+
+
+def sqs_event(body: Any) -> dict[str, Any]:
+    """What the event source mapping passes to the function for one message of the retry queue."""
+    return {
+        "Records": [
+            {
+                "messageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
+                "receiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a",
+                "body": body if isinstance(body, str) else json.dumps(body),
+                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1767268800000"},
+                "messageAttributes": {},
+                "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:{REGION}:{ACCOUNT}:fraud-detection-deploy-RetryQueue",
+                "awsRegion": REGION,
+            }
+        ]
+    }
+
+
+@pytest.fixture
+def retry_queue(env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[RetryQueue]:
+    """moto (every AWS call of the test) with the retry queue; the handler's SendMessage requests are recorded."""
+    with mock_aws():
+        queue = RetryQueue(boto3.client("sqs", region_name=REGION).create_queue(QueueName="retry")["QueueUrl"])
+        monkeypatch.setenv("RETRY_QUEUE_URL", queue.url)
+
+        def recording_client() -> Any:
+            client = boto3.client("sqs", config=handler.RETRY_CONFIG)
+            client.meta.events.register(
+                "provide-client-params.sqs.SendMessage", lambda params, **_: queue.sent.append(params)
+            )
+            return client
+
+        monkeypatch.setattr(handler, "sqs_client", recording_client)
+        yield queue
 
 
 @dataclass
@@ -85,20 +139,19 @@ class Registry:
 
 
 @pytest.fixture
-def registry(env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
+def registry(retry_queue: RetryQueue, monkeypatch: pytest.MonkeyPatch) -> Registry:
     """moto with the group and its approved version 1 (threshold 0.37); the handler's calls are recorded."""
-    with mock_aws():
-        moto = Registry(boto3.client("sagemaker", region_name=REGION))
-        moto.client.create_model_package_group(ModelPackageGroupName=GROUP)
-        register(moto.client, "Approved", {"threshold": "0.37"})
+    moto = Registry(boto3.client("sagemaker", region_name=REGION))
+    moto.client.create_model_package_group(ModelPackageGroupName=GROUP)
+    register(moto.client, "Approved", {"threshold": "0.37"})
 
-        def recording_client() -> Any:
-            client = boto3.client("sagemaker", config=handler.RETRY_CONFIG)
-            client.meta.events.register("before-call.sagemaker.*", lambda model, **_: moto.calls.append(model.name))
-            return client
+    def recording_client() -> Any:
+        client = boto3.client("sagemaker", config=handler.RETRY_CONFIG)
+        client.meta.events.register("before-call.sagemaker.*", lambda model, **_: moto.calls.append(model.name))
+        return client
 
-        monkeypatch.setattr(handler, "sagemaker_client", recording_client)
-        yield moto
+    monkeypatch.setattr(handler, "sagemaker_client", recording_client)
+    return moto
 
 
 def register(client: Any, status: str, metadata: dict[str, str] | None = None) -> str:
@@ -193,6 +246,11 @@ IGNORED = {
     "empty": {},
     "not a mapping": ["aws.sagemaker"],
     "none": None,
+    "rollback_to not an ARN": {"rollback_to": "fraud-detection-models/2"},
+    "rollback_to not a string": {"rollback_to": 2},
+    "queued rejection": sqs_event({"event": state_change(status="Rejected"), "attempt": 3}),
+    "queued body not JSON": sqs_event("deploy version 2 please"),
+    "queued body not a retry": sqs_event({"version": 2}),
 }
 
 
@@ -268,6 +326,16 @@ def test_kms_key_and_capture_off() -> None:
     assert "DataCaptureConfig" not in handler.endpoint_config_request(capture_off, "n-v1", package_arn(1))
 
 
+def test_more_than_one_queued_record_is_a_configuration_error(env: None) -> None:
+    event = sqs_event({"event": state_change(2), "attempt": 1})
+    event["Records"] *= 2
+
+    with pytest.raises(
+        handler.ConfigurationError, match="2 SQS records in one event: the event source needs BatchSize 1"
+    ):
+        handler.handler(event, None)
+
+
 def test_long_endpoint_names_are_refused() -> None:
     with pytest.raises(handler.ConfigurationError, match="shorten ENDPOINT_NAME"):
         handler.resource_name("e" * 60, 1234)
@@ -341,10 +409,13 @@ class Sage:
     def missing(self, operation: str, **params: Any) -> None:
         self.stub.add_client_error(operation, "ValidationException", "Could not find it", expected_params=params)
 
-    def new_version(self, version: int) -> None:
-        """DescribeModelPackage, then a model and an endpoint config that do not exist yet and get created."""
+    def package(self, version: int, status: str = "Approved", **changes: Any) -> None:
+        described = {**described_package(version, status), **changes}
+        self.expect("describe_model_package", described, ModelPackageName=package_arn(version))
+
+    def creates(self, version: int) -> None:
+        """A model and an endpoint config that do not exist yet and get created."""
         name = f"{ENDPOINT}-v{version}"
-        self.expect("describe_model_package", described_package(version), ModelPackageName=package_arn(version))
         self.missing("describe_model", ModelName=name)
         self.expect(
             "create_model",
@@ -378,29 +449,9 @@ class Sage:
             },
         )
 
-    def update(self, version: int) -> None:
-        self.expect(
-            "update_endpoint",
-            {"EndpointArn": _arn("endpoint", ENDPOINT)},
-            EndpointName=ENDPOINT,
-            EndpointConfigName=f"{ENDPOINT}-v{version}",
-            DeploymentConfig={
-                "BlueGreenUpdatePolicy": {
-                    "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
-                    "TerminationWaitInSeconds": 300,
-                    "MaximumExecutionTimeoutInSeconds": 3600,
-                },
-                "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": a} for a in ALARMS]},
-            },
-        )
-
-    def endpoint(self, config: str, status: str = "InService", **extra: Any) -> None:
-        self.expect("describe_endpoint", described_endpoint(config, status, **extra), EndpointName=ENDPOINT)
-
-    def existing_version(self, version: int) -> None:
-        """DescribeModelPackage, then a model and an endpoint config that exist already."""
+    def exists(self, version: int) -> None:
+        """A model and an endpoint config that exist already."""
         name = f"{ENDPOINT}-v{version}"
-        self.expect("describe_model_package", described_package(version), ModelPackageName=package_arn(version))
         model = {"ModelName": name, "ModelArn": _arn("model", name), "CreationTime": NOW}
         self.expect("describe_model", model, ModelName=name)
         config = {
@@ -411,6 +462,26 @@ class Sage:
         }
         self.expect("describe_endpoint_config", config, EndpointConfigName=name)
 
+    def update(self, version: int) -> None:
+        self.expect("update_endpoint", {"EndpointArn": _arn("endpoint", ENDPOINT)}, **self.update_request(version))
+
+    def update_request(self, version: int) -> dict[str, Any]:
+        return {
+            "EndpointName": ENDPOINT,
+            "EndpointConfigName": f"{ENDPOINT}-v{version}",
+            "DeploymentConfig": {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+                    "TerminationWaitInSeconds": 300,
+                    "MaximumExecutionTimeoutInSeconds": 3600,
+                },
+                "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": a} for a in ALARMS]},
+            },
+        }
+
+    def endpoint(self, config: str, status: str = "InService", **extra: Any) -> None:
+        self.expect("describe_endpoint", described_endpoint(config, status, **extra), EndpointName=ENDPOINT)
+
     def listing(self, *names: str) -> None:
         configs = [
             {"EndpointConfigName": n, "EndpointConfigArn": _arn("endpoint-config", n), "CreationTime": NOW}
@@ -420,9 +491,16 @@ class Sage:
         self.expect("list_endpoint_configs", {"EndpointConfigs": configs}, NameContains=f"{ENDPOINT}-v")
         self.expect("list_models", {"Models": models}, NameContains=f"{ENDPOINT}-v")
 
+    def deleted(self, *versions: int) -> None:
+        for version in versions:
+            self.expect("delete_endpoint_config", {}, EndpointConfigName=f"{ENDPOINT}-v{version}")
+        for version in versions:
+            self.expect("delete_model", {}, ModelName=f"{ENDPOINT}-v{version}")
+
 
 @pytest.fixture
-def sage(env: None, monkeypatch: pytest.MonkeyPatch) -> Any:
+def sage(retry_queue: RetryQueue, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sage]:
+    """The stubbed SageMaker client as the handler's; SQS is moto's (the retry_queue fixture)."""
     with Sage() as stubbed:
         monkeypatch.setattr(handler, "sagemaker_client", lambda: stubbed.client)
         yield stubbed
@@ -430,16 +508,14 @@ def sage(env: None, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_update_is_blue_green_with_rollback_alarms_then_cleans_up(sage: Sage) -> None:
-    sage.new_version(3)
+    sage.package(3)
     sage.endpoint(f"{ENDPOINT}-v2")  # serving v2
+    sage.creates(3)
     sage.update(3)
     sage.endpoint(f"{ENDPOINT}-v3")  # the waiter: InService on v3
     sage.endpoint(f"{ENDPOINT}-v3")
     sage.listing(*(f"{ENDPOINT}-v{v}" for v in (1, 2, 3)))
-    for name in (f"{ENDPOINT}-v1", f"{ENDPOINT}-v2"):
-        sage.expect("delete_endpoint_config", {}, EndpointConfigName=name)
-    for name in (f"{ENDPOINT}-v1", f"{ENDPOINT}-v2"):
-        sage.expect("delete_model", {}, ModelName=name)
+    sage.deleted(1, 2)
 
     result = handler.handler(state_change(3), None)
 
@@ -453,8 +529,9 @@ def test_update_is_blue_green_with_rollback_alarms_then_cleans_up(sage: Sage) ->
 
 
 def test_replay_cleans_up_and_spares_resources_not_named_by_this_handler(sage: Sage) -> None:
-    sage.existing_version(3)
+    sage.package(3)
     sage.endpoint(f"{ENDPOINT}-v3")  # already serving v3: a replay
+    sage.exists(3)
     sage.listing(f"{ENDPOINT}-v3", f"{ENDPOINT}-v2-manual", f"{ENDPOINT}-vnext", f"other-{ENDPOINT}-v1")
 
     assert handler.handler(state_change(3), None) == {
@@ -466,8 +543,9 @@ def test_replay_cleans_up_and_spares_resources_not_named_by_this_handler(sage: S
 
 
 def test_rolled_back_update_raises_and_keeps_the_old_version(sage: Sage) -> None:
-    sage.new_version(3)
+    sage.package(3)
     sage.endpoint(f"{ENDPOINT}-v2")
+    sage.creates(3)
     sage.update(3)
     rolled_back = {"FailureReason": "alarm fraud-detection-5xx in ALARM"}
     sage.endpoint(f"{ENDPOINT}-v2", **rolled_back)  # the waiter: InService again, but on v2
@@ -478,49 +556,42 @@ def test_rolled_back_update_raises_and_keeps_the_old_version(sage: Sage) -> None
 
 
 def test_update_outlasting_the_invocation_leaves_cleanup_for_later(sage: Sage) -> None:
-    sage.new_version(3)
+    sage.package(3)
     sage.endpoint(f"{ENDPOINT}-v2")
+    sage.creates(3)
     sage.update(3)
     sage.endpoint(f"{ENDPOINT}-v2", "Updating")  # the only poll the budget allows
 
-    result = handler.deploy(sage.client, handler.Settings.from_env(ENV), package_arn(3), wait_seconds=0)
+    settings = handler.Settings.from_env(ENV)
+    result = handler.deploy(sage.client, settings, handler.Request(package_arn(3)), wait_seconds=0)
 
     assert result["status"] == "in_progress"
 
 
 def test_replay_during_its_own_update_does_not_update_again(sage: Sage) -> None:
-    sage.new_version(3)
+    sage.package(3)
     sage.endpoint(
         f"{ENDPOINT}-v2",
         "Updating",
         PendingDeploymentSummary={"EndpointConfigName": f"{ENDPOINT}-v3", "StartTime": NOW},
     )
+    sage.exists(3)
 
     assert handler.handler(state_change(3), None)["status"] == "in_progress"
 
 
-def test_endpoint_busy_with_another_deployment_raises_for_a_retry(sage: Sage) -> None:
-    sage.new_version(3)
-    sage.endpoint(
-        f"{ENDPOINT}-v1",
-        "Updating",
-        PendingDeploymentSummary={"EndpointConfigName": f"{ENDPOINT}-v2", "StartTime": NOW},
-    )
-
-    with pytest.raises(handler.EndpointBusy, match="is Updating"):
-        handler.handler(state_change(3), None)
-
-
 def test_failed_endpoint_is_reported_not_touched(sage: Sage) -> None:
-    sage.new_version(3)
+    sage.package(3)
     sage.endpoint(f"{ENDPOINT}-v2", "Failed", FailureReason="image not found")
+    sage.creates(3)
 
     with pytest.raises(handler.DeploymentError, match="Failed \\(image not found\\)"):
         handler.handler(state_change(3), None)
 
 
 def test_aws_error_propagates_and_is_logged(sage: Sage, capsys: pytest.CaptureFixture) -> None:
-    sage.expect("describe_model_package", described_package(3), ModelPackageName=package_arn(3))
+    sage.package(3)
+    sage.endpoint(f"{ENDPOINT}-v2")
     sage.missing("describe_model", ModelName=f"{ENDPOINT}-v3")
     sage.stub.add_client_error("create_model", "AccessDeniedException", "not authorized to perform CreateModel")
 
@@ -529,3 +600,172 @@ def test_aws_error_propagates_and_is_logged(sage: Sage, capsys: pytest.CaptureFi
 
     last = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert last["level"] == "ERROR" and "AccessDeniedException" in last["error"]
+
+
+# ---- late and repeated events: never roll back by accident; rollback_to on purpose ----------------------------------
+
+
+def test_older_approval_is_ignored_while_a_newer_version_serves(sage: Sage) -> None:
+    sage.package(2)
+    sage.endpoint(f"{ENDPOINT}-v3")  # nothing after this: no model, no config, no update
+
+    result = handler.handler(state_change(2), None)
+
+    assert result == {"status": "ignored_older", "model_package": package_arn(2), "endpoint_version": 3}
+
+
+def test_older_approval_is_ignored_while_a_newer_version_is_being_deployed(sage: Sage, retry_queue: RetryQueue) -> None:
+    sage.package(2)
+    sage.endpoint(
+        f"{ENDPOINT}-v1",
+        "Updating",
+        PendingDeploymentSummary={"EndpointConfigName": f"{ENDPOINT}-v3", "StartTime": NOW},
+    )
+
+    assert handler.handler(state_change(2), None)["status"] == "ignored_older"
+    assert retry_queue.sent == []  # not queued either: it would only be ignored later
+
+
+def test_queued_older_approval_is_ignored_once_a_newer_version_serves(sage: Sage) -> None:
+    sage.package(2)
+    sage.endpoint(f"{ENDPOINT}-v3")
+
+    result = handler.handler(sqs_event({"event": state_change(2), "attempt": 4}), None)
+
+    assert result["status"] == "ignored_older"
+
+
+def test_rollback_to_deploys_an_older_approved_version(sage: Sage) -> None:
+    sage.package(2)
+    sage.endpoint(f"{ENDPOINT}-v3")  # serving v3
+    sage.creates(2)  # cleaned up when v3 went live
+    sage.update(2)
+    sage.endpoint(f"{ENDPOINT}-v2")
+    sage.endpoint(f"{ENDPOINT}-v2")
+    sage.listing(f"{ENDPOINT}-v2", f"{ENDPOINT}-v3")
+    sage.deleted(3)
+
+    result = handler.handler({"rollback_to": package_arn(2)}, None)
+
+    assert result["status"] == "updated" and result["endpoint_config"] == f"{ENDPOINT}-v2"
+    assert result["deleted"] == ["endpoint-config/fraud-detection-v3", "model/fraud-detection-v3"]
+
+
+@pytest.mark.parametrize(
+    ("status", "changes", "message"),
+    [
+        ("Rejected", {}, "it is Rejected in group fraud-detection-models"),
+        ("PendingManualApproval", {}, "it is PendingManualApproval"),
+        ("Approved", {"ModelPackageGroupName": "another-team-models"}, "it is Approved in group another-team-models"),
+    ],
+)
+def test_rollback_to_a_package_that_is_not_approved_in_the_group_is_refused(
+    sage: Sage, status: str, changes: dict[str, str], message: str
+) -> None:
+    sage.package(2, status, **changes)  # nothing after this
+
+    with pytest.raises(handler.DeploymentError, match=f"rollback_to {package_arn(2)} refused: {message}"):
+        handler.handler({"rollback_to": package_arn(2)}, None)
+
+
+# ---- a busy endpoint: the approval waits in the retry queue (moto's SQS) --------------------------------------------
+
+
+def being_updated_to(version: int) -> dict[str, Any]:
+    return {"PendingDeploymentSummary": {"EndpointConfigName": f"{ENDPOINT}-v{version}", "StartTime": NOW}}
+
+
+def test_busy_endpoint_queues_the_approval_with_a_delay(sage: Sage, retry_queue: RetryQueue) -> None:
+    sage.package(3)
+    sage.endpoint(f"{ENDPOINT}-v1", "Updating", **being_updated_to(2))  # another approval's deployment
+    sage.creates(3)
+
+    result = handler.handler(state_change(3), None)
+
+    assert result == {"status": "queued", "endpoint": ENDPOINT, "attempt": 1}
+    (sent,) = retry_queue.sent
+    assert sent["QueueUrl"] == retry_queue.url and sent["DelaySeconds"] == 900
+    assert json.loads(sent["MessageBody"]) == {"event": state_change(3), "attempt": 1}
+    assert retry_queue.delayed() == 1
+
+
+def test_queued_approval_deploys_once_the_endpoint_is_free(sage: Sage, retry_queue: RetryQueue) -> None:
+    sage.package(3)
+    sage.endpoint(f"{ENDPOINT}-v2")  # the other deployment is done: InService on v2
+    sage.exists(3)  # created by the first attempt
+    sage.update(3)
+    sage.endpoint(f"{ENDPOINT}-v3")
+    sage.endpoint(f"{ENDPOINT}-v3")
+    sage.listing(f"{ENDPOINT}-v2", f"{ENDPOINT}-v3")
+    sage.deleted(2)
+
+    result = handler.handler(sqs_event({"event": state_change(3), "attempt": 1}), None)
+
+    assert result["status"] == "updated"
+    assert retry_queue.sent == []
+
+
+def test_queued_approval_still_busy_is_queued_again_with_the_next_attempt(sage: Sage, retry_queue: RetryQueue) -> None:
+    sage.package(3)
+    sage.endpoint(f"{ENDPOINT}-v1", "Updating", **being_updated_to(2))
+    sage.exists(3)
+
+    assert handler.handler(sqs_event({"event": state_change(3), "attempt": 5}), None)["attempt"] == 6
+    (sent,) = retry_queue.sent
+    assert json.loads(sent["MessageBody"]) == {"event": state_change(3), "attempt": 6}
+
+
+def test_queued_rollback_stays_a_rollback(sage: Sage, retry_queue: RetryQueue) -> None:
+    sage.package(2)
+    sage.endpoint(f"{ENDPOINT}-v3", "Updating", **being_updated_to(4))
+    sage.exists(2)
+
+    assert handler.handler(sqs_event({"event": {"rollback_to": package_arn(2)}, "attempt": 1}), None)["attempt"] == 2
+    assert json.loads(retry_queue.sent[0]["MessageBody"])["event"] == {"rollback_to": package_arn(2)}
+
+
+def test_retries_exhausted_raise_so_the_message_is_dead_lettered(sage: Sage, retry_queue: RetryQueue) -> None:
+    sage.package(3)
+    sage.endpoint(f"{ENDPOINT}-v1", "Updating", **being_updated_to(2))
+    sage.exists(3)
+    last = sqs_event({"event": state_change(3), "attempt": handler.MAX_ATTEMPTS})
+
+    with pytest.raises(handler.EndpointBusy, match="still busy after 24 retries over 6 hours, giving up"):
+        handler.handler(last, None)
+    assert retry_queue.sent == []
+
+
+@pytest.mark.parametrize(
+    ("operation", "message"),
+    [
+        ("update_endpoint", f'Cannot update in-progress endpoint "{_arn("endpoint", ENDPOINT)}".'),
+        ("create_endpoint", f'Cannot create already existing endpoint "{_arn("endpoint", ENDPOINT)}".'),
+    ],
+)
+def test_losing_a_race_to_another_deployment_is_busy(
+    sage: Sage, retry_queue: RetryQueue, operation: str, message: str
+) -> None:
+    """Without reserved concurrency two approvals may both see the endpoint free; SageMaker refuses the second."""
+    sage.package(3)
+    if operation == "update_endpoint":
+        sage.endpoint(f"{ENDPOINT}-v2")
+        sage.creates(3)
+        sage.stub.add_client_error(operation, "ValidationException", message, 400, sage.update_request(3))
+    else:
+        sage.missing("describe_endpoint", EndpointName=ENDPOINT)
+        sage.creates(3)
+        sage.stub.add_client_error(operation, "ValidationException", message)
+
+    assert handler.handler(state_change(3), None)["status"] == "queued"
+    assert json.loads(retry_queue.sent[0]["MessageBody"])["attempt"] == 1
+
+
+def test_other_validation_errors_are_not_mistaken_for_busy(sage: Sage, retry_queue: RetryQueue) -> None:
+    sage.package(3)
+    sage.endpoint(f"{ENDPOINT}-v2")
+    sage.creates(3)
+    sage.stub.add_client_error("update_endpoint", "ValidationException", "Could not find model package.")
+
+    with pytest.raises(handler.ClientError, match="Could not find model package"):
+        handler.handler(state_change(3), None)
+    assert retry_queue.sent == []
