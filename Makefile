@@ -31,19 +31,19 @@ data: $(INSTALLED)  ## synthetic claims.csv and customers.csv in $(DATA)/ (ROWS,
 definition: $(INSTALLED)  ## the pipeline definition JSON, offline, to build/pipeline-definition.json
 	$(CLI) definition --output build/pipeline-definition.json
 
-upsert: $(INSTALLED)  ## create or update the pipeline in your AWS account (SAGEMAKER_ROLE_ARN, SAGEMAKER_BUCKET)
+upsert: $(INSTALLED)  ## create or update the pipeline in your AWS account (SAGEMAKER_ROLE_ARN, SAGEMAKER_BUCKET, FRAUD_IMAGE_URI)
 	$(CLI) upsert
 
 start: $(INSTALLED)  ## start an execution and follow it (PARAMS="--param MinAuc=0.8")
 	$(CLI) start --wait $(PARAMS)
 
-schedule: $(INSTALLED)  ## create or update the EventBridge schedule from pipeline.yaml
+schedule: $(INSTALLED)  ## create or update (enabled) the EventBridge schedule (SCHEDULER_ROLE_ARN, SCHEDULE_DLQ_ARN)
 	$(CLI) schedule
 
 status: $(INSTALLED)  ## the latest executions and their steps
 	$(CLI) status
 
-deploy-infra: $(INSTALLED)  ## deploy the approved-model -> endpoint function and its EventBridge rule (AWS)
+deploy-infra: $(INSTALLED)  ## the roles, the schedule DLQ and the approved-model -> endpoint function (AWS); prints the exports
 	$(BIN)/python deploy_lambda/deploy_infra.py
 
 # The project image (docker/). By default on the offline base made with debootstrap (no registry needed;
