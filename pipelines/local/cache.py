@@ -26,6 +26,8 @@ from pathlib import Path
 
 from sagemaker.workflow.steps import StepTypeEnum
 
+from pipelines.local.state import save_json
+
 KEY_ATTRIBUTES = {
     StepTypeEnum.PROCESSING: ("AppSpecification", "Environment", "ProcessingInputs"),
     StepTypeEnum.TRAINING: (
@@ -111,7 +113,4 @@ class StepCache:
         runs.append(
             {"key": key, "execution": execution_id, "finished": finished.isoformat(), "properties": to_json(properties)}
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self.path.with_suffix(".tmp")
-        scratch.write_text(json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
-        scratch.replace(self.path)
+        save_json(self.path, self.entries)

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.local.registry import LOCAL_ACCOUNT
+from pipelines.local.state import save_json
 
 GROUP_NAME = re.compile(r"^[a-zA-Z0-9]([_-]*[a-zA-Z0-9]){0,63}$")
 FEATURE_TYPES = {"Integral": pa.int64(), "Fractional": pa.float64(), "String": pa.string()}
@@ -70,8 +71,7 @@ class FeatureStore:
         self.lock = threading.Lock()
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"groups": self.groups}, indent=1, sort_keys=True) + "\n")
+        save_json(self.path, {"groups": self.groups})
 
     def create_feature_group(self, request: dict) -> dict:
         name = request.get("FeatureGroupName", "")

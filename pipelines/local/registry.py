@@ -19,6 +19,8 @@ import datetime
 import json
 from pathlib import Path
 
+from pipelines.local.state import save_json
+
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 LOCAL_ACCOUNT = "000000000000"
 KEPT = (
@@ -49,10 +51,7 @@ class Registry:
         self.groups: dict[str, dict] = json.loads(path.read_text())["groups"] if path.is_file() else {}
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = self.path.with_suffix(".tmp")
-        scratch.write_text(json.dumps({"groups": self.groups}, indent=1, sort_keys=True) + "\n")
-        scratch.replace(self.path)
+        save_json(self.path, {"groups": self.groups})
 
     def _arn(self, kind: str, name: str) -> str:
         return f"arn:aws:sagemaker:{self.region}:{LOCAL_ACCOUNT}:{kind}/{name}"

@@ -16,6 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def save_json(path: Path, document) -> None:
+    """Write a state file whole or not at all (a scratch file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".tmp")
+    scratch.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    scratch.replace(path)
+
+
 class StateBusy(RuntimeError):
     """Another local run holds the state folder."""
 
@@ -82,8 +90,7 @@ class LocalState:
         return saved
 
     def _write_index(self, index: dict[str, str]) -> None:
-        self.s3_dir.mkdir(parents=True, exist_ok=True)
-        self.index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+        save_json(self.index_path, index)
 
     def saved_object(self, uri: str) -> Path:
         """Where a saved S3 object lies on disk (s3://bucket/key -> runs/local-aws/s3/bucket/key)."""
