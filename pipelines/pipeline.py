@@ -1,7 +1,9 @@
 """get_pipeline(config, session): the fraud-detection SageMaker Pipeline, built from pipeline.yaml.
 
-Preprocess -> FeatureStoreIngest -> DataBiasCheck -> Tune -> Evaluate -> CheckAuc -> Register | AucBelowThreshold.
-Every setting comes from the Config; the step scripts live in processing/, training/ and evaluation/.
+DataVersion -> Preprocess -> FeatureStoreIngest, DataBiasCheck -> Tune -> Evaluate -> CheckAuc ->
+CheckNewModel -> Register | AucBelowThreshold. The same graph is published (a PipelineSession) and run locally
+(a LocalPipelineSession, pipelines/local/). Every setting comes from the Config; the step scripts live in
+processing/, training/ and evaluation/.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -77,7 +78,7 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@cache
+@functools.cache
 def _bias_script():
     """processing/bias.py as a module: the builder makes the supplied baseline with its own layout function."""
     spec = importlib.util.spec_from_file_location("_bias_step_script", ROOT / "processing" / "bias.py")
