@@ -10,9 +10,11 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
+from harness import HOST, _ready, call, free_port
 from pipelines import cli, local
 from pipelines import config as cfg
 from pipelines.local import containers
@@ -209,6 +211,27 @@ def test_registry_commands_approve_and_reject(runs, first):
     )
     assert missing.returncode == 1
     assert "has no version 99" in missing.stderr
+
+
+def test_serve_a_registered_version(runs, first):
+    """fraud-pipeline serve --model-package N: the registered model, with the threshold its package records."""
+    package = json.loads((first.run_dir / "model-package.json").read_text())
+    features = json.loads((first.run_dir / "model" / "features.json").read_text())["features"]
+    address = (HOST, free_port())
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--model-package", "1", "--runs-dir", str(runs)]
+    child = subprocess.Popen([*command, "--port", str(address[1])])
+    try:
+        deadline = time.monotonic() + 60
+        while not _ready(address):
+            assert child.poll() is None and time.monotonic() < deadline, "the server did not answer /ping"
+            time.sleep(0.2)
+        reply = call(address, ",".join("0" for _ in features), content_type="text/csv")
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+    assert reply.status == 200, reply.text
+    [prediction] = reply.json()["predictions"]
+    assert prediction["threshold"] == float(package["CustomerMetadataProperties"]["threshold"])
 
 
 def test_files_that_break_the_contract_fail_in_preprocess(engine, raw, tmp_path):
