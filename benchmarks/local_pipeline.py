@@ -112,7 +112,10 @@ def main() -> None:
             + "".join(f"{v:>10.1f}" for v in sums.values())
             + f"{sums[first] / sums['bare']:>8.1f}"
         )
-        print(f"{'run total':<20}" + "".join(f"{totals.get(name, 0.0):>10.1f}" for name in columns))
+        print(
+            f"{'run total':<20}"
+            + "".join(f"{totals[name]:>10.1f}" if name in totals else f"{'-':>10}" for name in columns)
+        )
         print("(bare Tune: one training job with the default hyperparameters)")
 
 

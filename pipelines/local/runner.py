@@ -154,7 +154,7 @@ def _output(properties: dict, name: str) -> str | None:
     )
 
 
-def collect(config: Config, properties: dict[str, dict], state: LocalState, run_dir: Path) -> None:
+def collect(properties: dict[str, dict], state: LocalState, run_dir: Path) -> None:
     """The run's model, evaluation, bias report, manifest, tuning summary and model package, into run_dir,
     from wherever the steps' properties say they are (an earlier execution's outputs, for a cached step)."""
     _copy_saved(state, _output(properties.get("Evaluate", {}), "evaluation"), run_dir / "evaluation")
@@ -163,15 +163,13 @@ def collect(config: Config, properties: dict[str, dict], state: LocalState, run_
     _copy_saved(state, report, run_dir / "bias")
     _copy_saved(state, _output(properties.get("Preprocess", {}), "manifest"), run_dir)
     _copy_saved(state, _output(properties.get("DataVersion", {}), "version"), run_dir / "data-version")
-    tune = properties.get("Tune", {})
-    if tune:
-        (run_dir / "tuning.json").write_text(canonical_json_of(tune))
-        best = tune["TrainingJobSummaries"][0]["TrainingJobName"]
-        archive = f"s3://{config.aws.bucket}/{s3_key(config.aws.prefix, 'models', best, 'output', 'model.tar.gz')}"
-        _copy_saved(state, archive, run_dir / "model.tar.gz")
-        if (run_dir / "model.tar.gz").is_file():
-            with tarfile.open(run_dir / "model.tar.gz") as tar:
-                tar.extractall(run_dir / "model", filter="data")
+    if "Tune" in properties:
+        (run_dir / "tuning.json").write_text(canonical_json_of(properties["Tune"]))
+    model = properties.get("Evaluate", {}).get("ProcessingInputs", {}).get("model", {}).get("S3Input", {})
+    _copy_saved(state, model.get("S3Uri"), run_dir / "model.tar.gz")  # the model Evaluate evaluated
+    if (run_dir / "model.tar.gz").is_file():
+        with tarfile.open(run_dir / "model.tar.gz") as tar:
+            tar.extractall(run_dir / "model", filter="data")
     package = properties.get("Register-RegisterModel")
     if package:
         (run_dir / "model-package.json").write_text(canonical_json_of(package))
@@ -244,7 +242,7 @@ def run(
     except StateBusy as error:
         raise LocalRunError(str(error)) from None
     properties = {name: step.properties for name, step in execution.step_execution.items() if step.properties}
-    collect(config, properties, state, run_dir)
+    collect(properties, state, run_dir)
     steps = execution.list_steps()["PipelineExecutionSteps"]
     failed = [s for s in steps if s.get("StepStatus") == "Failed"]
     return RunResult(
