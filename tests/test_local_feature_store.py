@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import boto3
 import pandas as pd
@@ -164,15 +166,19 @@ def features(tmp_path):
     return folder
 
 
+@contextmanager
+def pointed_at(store: FeatureStore, monkeypatch) -> Iterator[None]:
+    """The store served, and this process's boto3 pointed at it (as a local run points the ingest job's)."""
+    with serving(store, "127.0.0.1") as url:
+        environment = {**feature_store_endpoints(url), "AWS_ACCESS_KEY_ID": "l", "AWS_SECRET_ACCESS_KEY": "l"}
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        yield
+
+
 def test_ingest_puts_every_record_with_the_pipelines_arguments(store, features, monkeypatch):
     """ingest.py's feature-store mode, unchanged, with the arguments the FeatureStoreIngest step passes."""
-    with serving(store, "127.0.0.1") as url:
-        for name, value in {
-            **feature_store_endpoints(url),
-            "AWS_ACCESS_KEY_ID": "l",
-            "AWS_SECRET_ACCESS_KEY": "l",
-        }.items():
-            monkeypatch.setenv(name, value)
+    with pointed_at(store, monkeypatch):
         argv = [
             "--features", str(features), "--claims-group", "claims",
             "--customers-group", "customers", "--role-arn", ROLE, "--region", REGION,
@@ -201,13 +207,7 @@ def test_ingest_refuses_an_existing_group_of_other_columns(store, features, monk
             "OnlineStoreConfig": {"EnableOnlineStore": True},
         }
     )
-    with serving(store, "127.0.0.1") as url:
-        for name, value in {
-            **feature_store_endpoints(url),
-            "AWS_ACCESS_KEY_ID": "l",
-            "AWS_SECRET_ACCESS_KEY": "l",
-        }.items():
-            monkeypatch.setenv(name, value)
+    with pointed_at(store, monkeypatch):
         argv = ["--features", str(features), "--claims-group", "claims", "--customers-group", "customers",
                 "--region", REGION, "--online-store", "--poll-interval", "0"]  # fmt: skip
         assert ingest.main(argv) == 1
