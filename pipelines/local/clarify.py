@@ -94,7 +94,7 @@ class ClarifyCheckStepExecutor(_StepExecutor):
         report_uri = output["S3Output"]["S3Uri"].rstrip("/")
         say(name, "local: Clarify's container is stood in for by processing/bias.py (smclarify) in the project image")
         job_name = f"{name.lower()}-{runner.execution.pipeline_execution_name}"
-        self._run(job_name, request, chosen, skip, register_new, fail_on_violation)
+        self._run(job_name, request, chosen, skip, fail_on_violation)
         properties = {
             "CheckType": check_type,
             "CheckJobArn": job_name,
@@ -110,12 +110,11 @@ class ClarifyCheckStepExecutor(_StepExecutor):
             properties["ViolationReport"] = f"{report_uri}/{VIOLATIONS_FILE}"
         return properties
 
-    def _run(self, job_name, request, chosen: Baselines, skip, register_new, fail_on_violation) -> None:
+    def _run(self, job_name, request, chosen: Baselines, skip, fail_on_violation) -> None:
         runner, name = self.pipline_executor, self.step.name
         arguments = ["--analysis-config", f"{CONTAINER}/input/config/analysis_config.json"]
         arguments += ["--dataset", f"{CONTAINER}/input/data", "--output-dir", f"{CONTAINER}/output"]
         arguments += ["--skip-check", str(skip).lower(), "--fail-on-violation", str(fail_on_violation).lower()]
-        arguments += ["--register-new-baseline", str(register_new).lower()]
         inputs = [
             *request["ProcessingInputs"],
             processing_input("code", runner.context.code_uri("processing"), f"{CONTAINER}/input/code"),
