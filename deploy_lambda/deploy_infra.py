@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import re
 import shlex
 import sys
 import zipfile
@@ -23,17 +22,12 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
 
-from pipelines.config import Config, ConfigError, load, s3_key, s3_uri
+from pipelines.config import ECR_IMAGE, Config, ConfigError, load, s3_key, s3_uri
 
 HERE = Path(__file__).resolve().parent
 HANDLER = HERE / "handler.py"
 TEMPLATE = HERE / "template.yaml"
 NO_UPDATES = "No updates are to be performed"
-# <account>.dkr.ecr.<region>.amazonaws.com[.cn]/<repository>[:tag|@digest]
-ECR_IMAGE = re.compile(
-    r"^\d{12}\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
-    r"/(?P<repository>[a-z0-9]+(?:[._/-][a-z0-9]+)*)(?::[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})?$"
-)
 EXPORTS = {  # shell variable: stack output (pipeline.yaml reads SAGEMAKER_ROLE_ARN and SCHEDULER_ROLE_ARN)
     "SAGEMAKER_ROLE_ARN": "PipelineExecutionRoleArn",
     "SCHEDULER_ROLE_ARN": "SchedulerRoleArn",

@@ -33,6 +33,14 @@ def s3_uri(bucket: str, *parts: str) -> str:
     return f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
 
 
+ECR_IMAGE = re.compile(
+    r"^(?P<host>(?P<registry>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?)"
+    r"/(?P<repository>[a-z0-9]+(?:[._/-][a-z0-9]+)*)(?::(?P<tag>\w[\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+"""An ECR image URI, <account>.dkr.ecr.<region>.amazonaws.com[.cn]/<repository>[:tag][@sha256:digest]: its parts
+by name (host, registry, region, repository, tag, digest)."""
+
+
 class ConfigError(ValueError):
     """pipeline.yaml is missing, unreadable or invalid; the message names the key path."""
 

@@ -343,12 +343,9 @@ class Builder:
             **bias_config.get_config(),
             "methods": {"pre_training_bias": {"methods": bias.metrics}, **CLARIFY_REPORT},
         }
-        baseline = _bias_script().baseline_from_thresholds(
-            dict(bias.thresholds),
-            _bias_script().Settings(
-                bias.label, [bias.positive_label], bias.facet, list(bias.facet_values), bias.metrics
-            ),
-        )
+        script = _bias_script()
+        settings = script.Settings(bias.label, [bias.positive_label], bias.facet, list(bias.facet_values), bias.metrics)
+        baseline = script.baseline_from_thresholds(dict(bias.thresholds), settings)
         monitoring_config = BiasAnalysisConfig(bias_config, headers=None, label=bias.label)._to_dict()
         supplied = self.upload(baseline, "baseline", "constraints.json")
         config_file = self.upload(monitoring_config, "monitoring", "analysis_config.json")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,7 +11,7 @@ from contextlib import contextmanager
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from pipelines.config import Config
+from pipelines.config import ECR_IMAGE, Config
 
 PLACEHOLDER_BUCKET = "sagemaker-artifacts-placeholder"
 PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/SageMakerExecutionRolePlaceholder"
@@ -93,12 +92,6 @@ def definition_uploaded(config: Config) -> str:
     config, session = _publishing(config)
     with project_root():
         return canonical_json(get_pipeline(config, session).definition())
-
-
-ECR_IMAGE = re.compile(
-    r"^(?P<host>(?P<registry>\d{12})\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?)/"
-    r"(?P<repository>[a-z0-9][a-z0-9._/-]*?)(?::(?P<tag>[A-Za-z0-9_.-]+))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
-)
 
 
 def pinned_image(config: Config, ecr) -> str:
