@@ -63,3 +63,41 @@ def trained(splits: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     result = run_script("training/train.py", env=env)
     assert result.returncode == 0, result.stderr
     return model_dir, result.stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A factory of small tmpfs mounts, `small_disk(kib) -> Path`, for fault-injection tests: fill one up
+    (`fill_up`) or make it read-only (`make_read_only`) between two runs of a step script. Needs root's
+    `mount` (CI runs as root); elsewhere the test is skipped with the reason."""
+    mounts: list[Path] = []
+
+    def make(kib: int) -> Path:
+        path = tmp_path / f"disk{len(mounts)}"
+        path.mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(path)], capture_output=True, text=True
+        )
+        if mounted.returncode:
+            pytest.skip(f"cannot mount a tmpfs for fault injection: {mounted.stderr.strip()}")
+        mounts.append(path)
+        return path
+
+    yield make
+    for path in reversed(mounts):
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+def make_read_only(mount: Path) -> None:
+    """Remount a `small_disk` read-only (root ignores file modes, so chmod would not do)."""
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+
+
+def fill_up(mount: Path) -> None:
+    """Fill a `small_disk` until a write fails with ENOSPC (the filler file stays)."""
+    with (mount / "filler").open("wb", buffering=0) as stream:
+        try:
+            while True:
+                stream.write(b"\0" * 4096)
+        except OSError:
+            pass

@@ -1,0 +1,1 @@
+../processing/atomic_outputs.py
