@@ -59,6 +59,8 @@ MAX_ATTEMPTS = 24  # retries 15 minutes apart: 6 hours for the other deployment 
 # What UpdateEndpoint and CreateEndpoint say (ValidationException) when another deployment got there first.
 BUSY_MESSAGES = ("Cannot update in-progress endpoint", "Cannot create already existing endpoint")
 
+LOG_FIELD_CHARS = 1000  # a longer logged value (an event, a name or status from one) is cut to this
+
 # Throttling and transient errors: botocore retries each call 5 times more, with exponential backoff and jitter.
 RETRY_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
 
@@ -75,9 +77,22 @@ class EndpointBusy(DeploymentError):
     """Another create/update of the endpoint is under way; the request is retried later from the retry queue."""
 
 
+def bounded(value: Any) -> Any:
+    """A log field as it is when short; else its text (JSON for a structure) cut to LOG_FIELD_CHARS characters."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+    except (ValueError, RecursionError):
+        return f"<a {type(value).__name__} nested too deeply to show>"
+    if len(text) <= LOG_FIELD_CHARS:
+        return value
+    return f"{text[:LOG_FIELD_CHARS]}... ({len(text) - LOG_FIELD_CHARS} more characters)"
+
+
 def log(level: str, message: str, **fields: Any) -> None:
-    """One JSON object per line (CloudWatch Logs Insights parses the fields)."""
-    print(json.dumps({"level": level, "message": message, **fields}, default=str), flush=True)
+    """One JSON object per line (CloudWatch Logs Insights parses the fields), every value bounded: events and the
+    names in them come from outside, so a 5 MB event makes a short line, its control characters escaped."""
+    entry = {"level": level, "message": message, **fields}
+    print(json.dumps({key: bounded(value) for key, value in entry.items()}, default=str), flush=True)
 
 
 @dataclass(frozen=True)
@@ -159,7 +174,7 @@ def unwrap(event: Any) -> tuple[Any, int]:
         raise ConfigurationError(f"{len(records)} SQS records in one event: the event source needs BatchSize 1")
     try:
         body = json.loads(first.get("body"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         body = first.get("body")
     if isinstance(body, dict) and isinstance(body.get("attempt"), int):
         return body.get("event"), body["attempt"]

@@ -4,6 +4,7 @@ stops (moto has no UpdateEndpoint, so the update path and busy endpoints are stu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -269,6 +270,37 @@ def test_ignored_events_make_no_aws_call(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 1 and lines[0]["level"] in ("INFO", "WARNING")
     assert lines[0]["message"].startswith(("ignored", "rejected"))
+
+
+def nested(depth: int) -> list[Any]:
+    """A list inside a list ... `depth` levels deep."""
+    event: list[Any] = []
+    for _ in range(depth):
+        event = [event]
+    return event
+
+
+UNBOUNDED = {
+    "5 MB event": {"source": "my.app", "detail": {"payload": "A" * 5_000_000}},
+    "5 MB group name": state_change(group="g" * 5_000_000),
+    "5 MB status": state_change(status="S" * 5_000_000),
+    "5 MB rollback_to": {"rollback_to": "r" * 5_000_000},
+    "control characters": {"source": 'x"\n{"level": "ERROR"}\r\u2028\x1b[31m' * 200_000},
+    "deeply nested event": nested(5_000),
+    "deeply nested queued body": sqs_event("[" * 100_000 + "]" * 100_000),
+}
+
+
+@pytest.mark.parametrize("event", UNBOUNDED.values(), ids=UNBOUNDED.keys())
+def test_rejected_events_are_logged_as_one_bounded_line(event: Any, env: None, capsys: pytest.CaptureFixture) -> None:
+    assert handler.handler(event, None) == {"status": "ignored"}
+
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.isascii()
+    assert len(out) < 20 * handler.LOG_FIELD_CHARS
+    line = json.loads(out)
+    assert line["message"].startswith(("ignored", "rejected"))
+    assert any(re.search(r"\.\.\. \(\d+ more characters\)$|nested too deeply", str(value)) for value in line.values())
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------
