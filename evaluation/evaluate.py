@@ -15,18 +15,29 @@ The threshold is picked on the test scores: max_f1 (the F1-maximising score) or 
 highest-scoring `--alert-rate` of claims). Standard deviations come from 200 bootstrap resamples of the
 test rows (seed 0) at that fixed threshold. The output depends only on the inputs.
 
-Bad input exits with code 2 and a one-line message, before anything is written.
+Inputs: the model is a model directory (xgboost-model.json, else model.tar.gz in it) or a model.tar.gz (gzip or
+plain tar) as SageMaker writes it; an archive is streamed, and refused once it unpacks to more than
+MAX_ARCHIVE_MIB MiB or holds more than MAX_ARCHIVE_ENTRIES entries (a real one holds a few small files).
+The test data is the CSV file given, or a directory's test.csv (what preprocess writes); other files in the
+directory are ignored.
+
+Bad input exits with code 2, and outputs that cannot be written (an output directory under a file, a read-only
+or full disk) with code 1, each with a one-line message. The inputs and the output directory are checked before
+any work. The outputs are written all or nothing (atomic_outputs.py): a failed or killed run leaves the
+previous ones whole (a killed run may leave hidden `.partial.*` files, which the next run replaces).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import sys
 import tarfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -34,8 +45,14 @@ import xgboost as xgb
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+import atomic_outputs
+
 PROCESSING = Path("/opt/ml/processing")
 MODEL_FILE = "xgboost-model.json"
+TEST_FILE = "test.csv"
+MAX_ARCHIVE_MIB = 128
+"""The most a model archive may unpack to; a real model.tar.gz holds well under 1 MiB (34 KB for the default model)."""
+MAX_ARCHIVE_ENTRIES = 1_000
 TOP_FRACTION = 0.05
 BOOTSTRAP_RESAMPLES = 200
 BOOTSTRAP_SEED = 0
@@ -45,13 +62,39 @@ class InputError(ValueError):
     """Bad input: the message names the file and the problem."""
 
 
+class _Bounded:
+    """A stream that refuses to read past `limit` bytes (a decompression bomb's)."""
+
+    def __init__(self, stream: BinaryIO, limit: int, path: Path) -> None:
+        self.stream, self.left, self.path = stream, limit, path
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(data)
+        if self.left < 0:
+            raise InputError(f"{self.path}: refused: the archive unpacks to more than {MAX_ARCHIVE_MIB} MiB")
+        return data
+
+
 def _model_bytes_from_tar(path: Path) -> bytes:
-    """xgboost-model.json from a model.tar.gz as SageMaker writes it (the model directory's contents)."""
+    """xgboost-model.json from a model.tar.gz as SageMaker writes it (the model directory's contents), streamed
+    within MAX_ARCHIVE_MIB and MAX_ARCHIVE_ENTRIES."""
     try:
-        with tarfile.open(path, "r:*") as archive:
-            for member in archive.getmembers():
-                if member.isfile() and member.name.removeprefix("./") == MODEL_FILE:
-                    return archive.extractfile(member).read()
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = _Bounded(gzip.GzipFile(fileobj=raw) if gzipped else raw, MAX_ARCHIVE_MIB * 2**20, path)
+            with tarfile.open(fileobj=stream, mode="r|") as archive:
+                for count, member in enumerate(archive, 1):
+                    if count > MAX_ARCHIVE_ENTRIES:
+                        raise InputError(f"{path}: refused: the archive holds more than {MAX_ARCHIVE_ENTRIES} entries")
+                    if member.isfile() and member.name.removeprefix("./") == MODEL_FILE:
+                        if member.size > stream.left:
+                            raise InputError(
+                                f"{path}: refused: its {MODEL_FILE} is {member.size} bytes, more than the archive "
+                                f"may unpack to ({MAX_ARCHIVE_MIB} MiB)"
+                            )
+                        return archive.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise InputError(f"{path}: not a readable model archive ({error})") from None
     raise InputError(f"{path}: the archive holds no {MODEL_FILE}")
@@ -78,12 +121,11 @@ def load_model(path: Path) -> xgb.Booster:
 
 
 def read_test(path: Path) -> tuple[np.ndarray, np.ndarray, Path]:
-    """Labels and features of the headerless test CSV (a file, or a directory with one CSV)."""
+    """Labels and features of the headerless test CSV (a file, or a directory's test.csv)."""
     if path.is_dir():
-        files = sorted(path.glob("*.csv"))
-        if len(files) != 1:
-            raise InputError(f"{path}: expected exactly one .csv file, found {len(files)}")
-        path = files[0]
+        if not (path / TEST_FILE).is_file():
+            raise InputError(f"{path}: holds no {TEST_FILE}")
+        path = path / TEST_FILE
     if not path.is_file():
         raise InputError(f"{path}: test data not found")
     try:
@@ -227,37 +269,49 @@ def rate(text: str) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=PROCESSING / "model", help="model.tar.gz or model directory")
-    parser.add_argument("--test", type=Path, default=PROCESSING / "test", help="test CSV or its directory")
+    parser.add_argument("--test", type=Path, default=PROCESSING / "test", help="test CSV, or a directory's test.csv")
     parser.add_argument("--output-dir", type=Path, default=PROCESSING / "evaluation")
     parser.add_argument("--threshold-method", choices=("max_f1", "alert_rate"), default="max_f1")
     parser.add_argument("--alert-rate", type=rate, default=0.05, help="share of claims flagged (alert_rate)")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        booster = load_model(args.model)
-        labels, features, test_file = read_test(args.test)
-        if features.shape[1] != booster.num_features():
-            raise InputError(
-                f"{test_file}: {features.shape[1]} feature columns after the label, "
-                f"but the model expects {booster.num_features()}"
-            )
-    except InputError as error:
-        print(f"evaluate: error: {error}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> None:
+    """Check the inputs and the output directory, then evaluate and write the outputs."""
+    atomic_outputs.check_directory(args.output_dir)
+    booster = load_model(args.model)
+    labels, features, test_file = read_test(args.test)
+    if features.shape[1] != booster.num_features():
+        raise InputError(
+            f"{test_file}: {features.shape[1]} feature columns after the label, "
+            f"but the model expects {booster.num_features()}"
+        )
     scores = booster.predict(xgb.DMatrix(features, feature_names=booster.feature_names))
     document = evaluate(labels, scores, args.threshold_method, args.alert_rate)
     images = plots(labels, scores, document)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "evaluation.json").write_text(json.dumps(document, indent=2) + "\n")
-    for name, png in images.items():
-        (args.output_dir / name).write_bytes(png)
+    outputs = {
+        args.output_dir / "evaluation.json": atomic_outputs.text_writer(
+            json.dumps(document, indent=2, allow_nan=False) + "\n"
+        )
+    }
+    outputs.update({args.output_dir / name: atomic_outputs.bytes_writer(png) for name, png in images.items()})
+    atomic_outputs.write_all(outputs)
     summary = document["binary_classification_metrics"]
     print(f"test:auc={summary['auc']['value']:.6f} (+/- {summary['auc']['standard_deviation']:.6f})")
     print(f"threshold={document['threshold']['value']:.6f} ({args.threshold_method}), f1={summary['f1']['value']:.6f}")
     print(f"wrote evaluation.json, {', '.join(images)} under {args.output_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except InputError as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 2
+    except atomic_outputs.OutputError as error:
+        print(f"evaluate: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import files_under, run_script
+from conftest import ROOT, files_under, run_script
+from test_train import FAULTS, outputs, rerun_with_fault
 
 import evaluate
 
@@ -71,7 +78,7 @@ def test_writes_model_quality_document_and_plots(evaluated: Path, splits: Path) 
 def test_auc_on_validation_equals_the_one_training_reported(
     trained: tuple[Path, str], splits: Path, tmp_path: Path
 ) -> None:
-    assert run(trained[0], splits / "validation", tmp_path) == 0
+    assert run(trained[0], splits / "validation/validation.csv", tmp_path) == 0
     reported = json.loads((trained[0] / "features.json").read_text())["metrics"]["validation:auc"]
     assert document(tmp_path)["binary_classification_metrics"]["auc"]["value"] == pytest.approx(reported, abs=1e-5)
 
@@ -138,6 +145,8 @@ def broken(case: str, trained: tuple[Path, str], splits: Path, tmp_path: Path) -
         test.write_bytes(b"")
     elif case == "missing test":
         test = tmp_path / "nowhere"
+    elif case == "directory without test.csv":
+        test = splits / "validation"
     elif case == "fewer columns":
         test = tmp_path / "test.csv"
         test.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")
@@ -156,6 +165,7 @@ def broken(case: str, trained: tuple[Path, str], splits: Path, tmp_path: Path) -
         ("not a model", "xgboost-model.json: not an XGBoost model"),
         ("empty test", "test.csv: the file is empty"),
         ("missing test", "nowhere: test data not found"),
+        ("directory without test.csv", "validation: holds no test.csv"),
         ("fewer columns", "test.csv: 44 feature columns after the label, but the model expects 45"),
         ("non-numeric", "test.csv: line 2, column 1: not a finite number: 'x'"),
     ],
@@ -168,4 +178,115 @@ def test_bad_input(
     err = capsys.readouterr().err.strip()
     assert message in err
     assert len(err.splitlines()) == 1
+    assert files_under(tmp_path / "out") == []
+
+
+def test_test_directory_is_read_as_its_test_csv_only(
+    trained: tuple[Path, str], splits: Path, evaluated: Path, tmp_path: Path
+) -> None:
+    """A stale CSV beside test/test.csv is not read."""
+    shutil.copytree(splits / "test", tmp_path / "test")
+    shutil.copy(splits / "validation/validation.csv", tmp_path / "test/part-old.csv")
+    assert run(trained[0], tmp_path / "test", tmp_path / "out") == 0
+    assert outputs(tmp_path / "out") == outputs(evaluated)
+
+
+def test_output_dir_under_a_file(trained: tuple[Path, str], splits: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    output = tmp_path / "file/out"
+    result = run_script(
+        "evaluation/evaluate.py",
+        "--model",
+        str(trained[0]),
+        "--test",
+        str(splits / "test"),
+        "--output-dir",
+        str(output),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"evaluate: error: {output}: cannot create the output directory: {tmp_path / 'file'} is a file, not a directory"
+    ]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_failed_rerun_leaves_the_previous_evaluation_whole(
+    trained: tuple[Path, str], splits: Path, small_disk, fault: str
+) -> None:
+    disk = small_disk(512)
+    output = disk / "evaluation"
+    argv = ["--model", str(trained[0]), "--test", str(splits / "test"), "--output-dir", str(output)]
+    assert run_script("evaluation/evaluate.py", *argv).returncode == 0
+    before = outputs(output)
+    assert sorted(before) == OUTPUTS
+    rerun_with_fault(fault, disk, output, "evaluation/evaluate.py", *argv, "--threshold-method", "alert_rate")
+    assert outputs(output) == before
+
+
+GIB = 2**30
+CHUNK = 2**24
+PEAK_MEMORY_MIB = 768
+"""evaluate.py refusing a bomb stays below this (about 220 MiB go to its imports; unbounded, 1.3 to 2.3 GiB)."""
+
+
+def header(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> bytes:
+    """A tar header block declaring a member of `size` bytes."""
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, kind
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def gzip_repeated(block: bytes, size: int) -> bytes:
+    """`size` bytes of `block` repeated, gzipped cheaply: one compressed 16 MiB member, concatenated."""
+    return gzip.compress(block * (CHUNK // len(block)), compresslevel=9) * (size // CHUNK)
+
+
+def bomb(case: str, model_dir: Path) -> bytes:
+    """A small .tar.gz that unpacks to over 1 GiB."""
+    end = gzip.compress(b"\0" * 1024)
+    if case == "a 1 GiB model":
+        return gzip.compress(header(evaluate.MODEL_FILE, GIB)) + gzip_repeated(b"\0", GIB) + end
+    if case == "2 million entries":
+        return gzip_repeated(header("x", 0), GIB) + end
+    if case == "a 1 GiB extended header":
+        return gzip.compress(header("././@PaxHeader", GIB, tarfile.XHDTYPE)) + gzip_repeated(b"\0", GIB) + end
+    model = io.BytesIO()  # "1 GiB before the model"
+    with tarfile.open(fileobj=model, mode="w") as archive:
+        archive.add(model_dir / evaluate.MODEL_FILE, arcname=evaluate.MODEL_FILE)
+    return gzip.compress(header("padding", GIB)) + gzip_repeated(b"\0", GIB) + gzip.compress(model.getvalue())
+
+
+def run_measured(*args: str) -> tuple[int, str, int]:
+    """evaluate.py run bare: (exit code, stderr, peak resident memory in MiB)."""
+    command = [sys.executable, str(ROOT / "evaluation/evaluate.py"), *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT.parent)
+    with process.stderr:
+        stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, stderr, usage.ru_maxrss // 1024
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("a 1 GiB model", "refused: its xgboost-model.json is 1073741824 bytes, more than"),
+        ("2 million entries", "refused: the archive holds more than"),
+        ("a 1 GiB extended header", "refused: the archive unpacks to more than"),
+        ("1 GiB before the model", "refused: the archive unpacks to more than"),
+    ],
+)
+def test_archive_bomb_is_refused_with_bounded_memory(
+    case: str, message: str, trained: tuple[Path, str], splits: Path, tmp_path: Path
+) -> None:
+    tar = tmp_path / "model.tar.gz"
+    tar.write_bytes(bomb(case, trained[0]))
+    assert tar.stat().st_size < 5 * 2**20
+    code, stderr, peak_mib = run_measured(
+        "--model", str(tar), "--test", str(splits / "test"), "--output-dir", str(tmp_path / "out")
+    )
+    assert code == 2
+    [line] = stderr.strip().splitlines()
+    assert line.startswith(f"evaluate: error: {tar}: {message}")
+    assert peak_mib < PEAK_MEMORY_MIB
     assert files_under(tmp_path / "out") == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import xgboost as xgb
 import yaml
-from conftest import ROOT, files_under, run_script
+from conftest import ROOT, files_under, fill_up, make_read_only, run_script
 
 import train
 from features import FEATURES
@@ -109,7 +110,13 @@ def test_flags_override_file(splits: Path, tmp_path: Path) -> None:
         (["--learning_rate", "0.1"], None, "unknown hyperparameter 'learning_rate'"),
         (["--max_depth", "deep"], None, "hyperparameter max_depth: 'deep' is not int"),
         (["--max_depth", "2.5"], None, "hyperparameter max_depth"),
-        (["--eta", "0"], None, "hyperparameter eta: '0' is not in (0, 1]"),
+        (["--max_depth", "true"], None, "hyperparameter max_depth: 'true' is not int"),
+        (["--eta", "0"], None, "hyperparameter eta: '0' is not a number in (0, 1]"),
+        (["--eta", "NaN"], None, "hyperparameter eta: 'NaN' is not a number in (0, 1]"),
+        (["--min_child_weight", "Infinity"], None, "hyperparameter min_child_weight: 'Infinity' is not a number in"),
+        (["--scale_pos_weight", "Infinity"], None, "hyperparameter scale_pos_weight: 'Infinity' is not a number in"),
+        (["--seed", "1e30"], None, "hyperparameter seed: '1e30' is not an integer in [0, 2147483647]"),
+        ([], {"num_round": "1e9"}, "hyperparameter num_round: '1e9' is not an integer in [1, 10000]"),
         (["--objective", "reg:squarederror"], None, "hyperparameter objective"),
         (["--eta"], None, "--eta has no value"),
     ],
@@ -154,13 +161,34 @@ def test_feature_names(splits: Path, tmp_path: Path) -> None:
     assert saved(tmp_path / "named")["features"] == FEATURES
 
 
-@pytest.mark.parametrize("place", ["train", ".", "manifest"])
-def test_manifest_found_near_the_train_channel(splits: Path, tmp_path: Path, place: str) -> None:
+@pytest.mark.parametrize(("place", "named"), [("manifest", True), ("train", False), (".", False)])
+def test_manifest_read_only_where_preprocess_writes_it(splits: Path, tmp_path: Path, place: str, named: bool) -> None:
+    """manifest/manifest.json beside the train channel is used; a manifest.json elsewhere is not."""
     data = copy_splits(splits, tmp_path / "data")
     (data / place).mkdir(exist_ok=True)
     shutil.copy(splits / "manifest/manifest.json", data / place)
-    assert run(data, tmp_path / "model") == 0
-    assert saved(tmp_path / "model")["features"] == FEATURES
+    assert run(data, tmp_path / "model", "--num_round", "5") == 0
+    unnamed = [f"f{i}" for i in range(len(FEATURES))]
+    assert saved(tmp_path / "model")["features"] == (FEATURES if named else unnamed)
+
+
+def test_channel_directory_is_read_as_its_own_csv_only(
+    splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A stale file beside train/train.csv is not read; a file given explicitly is read as is."""
+    rows = json.loads((splits / "manifest/manifest.json").read_text())["splits"]
+    expected = f"train: {rows['train']['rows']} rows, validation: {rows['validation']['rows']} rows"
+    data = copy_splits(splits, tmp_path / "data")
+    for channel in ("train", "validation"):
+        shutil.copy(splits / "test/test.csv", data / channel / "part-old.csv")
+    assert run(data, tmp_path / "model", "--num_round", "5") == 0
+    assert expected in capsys.readouterr().out
+    renamed = {channel: tmp_path / f"{channel}-renamed.csv" for channel in ("train", "validation")}
+    for channel, path in renamed.items():
+        shutil.copy(splits / channel / f"{channel}.csv", path)
+    argv = ["--train", str(renamed["train"]), "--validation", str(renamed["validation"])]
+    assert train.main([*argv, "--model-dir", str(tmp_path / "model2"), "--num_round", "5", "--verbose", "0"]) == 0
+    assert expected in capsys.readouterr().out
 
 
 def test_container_entry_point_argument(splits: Path, tmp_path: Path) -> None:
@@ -209,7 +237,7 @@ def break_train(splits: Path, tmp_path: Path, case: str) -> Path:
     ("case", "message"),
     [
         ("missing channel", "channel 'train' not found"),
-        ("no csv", "holds no .csv file"),
+        ("no csv", "channel 'train' holds no train.csv"),
         ("empty file", "train.csv: the file is empty"),
         ("non-numeric", "train.csv: line 3, column 6: not a finite number: 'abc'"),
         ("empty cell", "train.csv: line 1, column 46: not a finite number: ''"),
@@ -283,3 +311,106 @@ def test_serving_code_staged_beside_the_script_goes_into_the_model(splits: Path,
 
 def test_bare_run_from_the_repository_writes_no_code(trained: tuple[Path, str]) -> None:
     assert not (trained[0] / "code").exists()
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        (["a[0]", *FEATURES[1:]], "feature name 'a[0]' contains one of [ ] <"),
+        ([*FEATURES[:-1], "x]"], "feature name 'x]' contains one of [ ] <"),
+        (["age<30", *FEATURES[1:]], "feature name 'age<30' contains one of [ ] <"),
+        ([FEATURES[1], *FEATURES[1:]], f"feature name {FEATURES[1]!r} appears more than once"),
+        ([1, *FEATURES[1:]], "feature name 1 is not a non-empty string"),
+        (["", *FEATURES[1:]], "feature name '' is not a non-empty string"),
+    ],
+)
+def test_illegal_feature_names(
+    splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture, features: list, message: str
+) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"features": features}))
+    assert run(splits, tmp_path / "model", "--manifest", str(manifest)) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"train: error: {manifest}: {message}")
+    assert files_under(tmp_path / "model") == []
+
+
+def test_model_dir_under_a_file_fails_before_training(splits: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    model_dir = tmp_path / "file/model"
+    channels = ["--train", str(splits / "train"), "--validation", str(splits / "validation")]
+    result = run_script("training/train.py", *channels, "--model-dir", str(model_dir))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"train: error: {model_dir}: cannot create the model directory: {tmp_path / 'file'} is a file, not a directory"
+    ]
+    assert "auc" not in result.stdout
+
+
+KILL_ON_SECOND_WRITE = """
+import os, pathlib, runpy, signal, sys
+
+script, target = sys.argv[1], pathlib.Path(sys.argv[2]).resolve()
+writes = 0
+
+
+def killing(write):
+    def wrapped(self, data, *args, **kwargs):
+        global writes
+        if target in pathlib.Path(self).resolve().parents:
+            writes += 1
+            if writes == 2:
+                write(self, data[: len(data) // 2], *args, **kwargs)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return write(self, data, *args, **kwargs)
+
+    return wrapped
+
+
+pathlib.Path.write_bytes = killing(pathlib.Path.write_bytes)
+pathlib.Path.write_text = killing(pathlib.Path.write_text)
+sys.argv = [script, *sys.argv[3:]]
+sys.path.insert(0, os.path.dirname(script))
+runpy.run_path(script, run_name="__main__")
+"""
+"""Runs a step script that is killed (SIGKILL) halfway through the second file it writes under a directory."""
+
+FAULTS = ("read-only", "disk full", "killed mid-write")
+
+
+def outputs(directory: Path) -> dict[str, bytes]:
+    """The files under a directory by relative path, without the hidden temporary files of a killed run."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in files_under(directory)
+        if not p.name.startswith(".partial.")
+    }
+
+
+def rerun_with_fault(fault: str, mount: Path, output_dir: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """Rerun a step script into `output_dir` on the `small_disk` `mount`, with one of FAULTS, and check how it
+    failed: killed, or a one-line error naming the output directory and a non-zero exit."""
+    if fault == "killed mid-write":
+        command = [sys.executable, "-c", KILL_ON_SECOND_WRITE, str(ROOT / script), str(output_dir), *args]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode == -signal.SIGKILL, result.stderr
+        return result
+    (make_read_only if fault == "read-only" else fill_up)(mount)
+    result = run_script(script, *args)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"{Path(script).stem}: error: {output_dir}")
+    return result
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_failed_rerun_leaves_the_previous_model_whole(splits: Path, small_disk, fault: str) -> None:
+    disk = small_disk(1024)
+    model_dir = disk / "model"
+    argv = ["--train", str(splits / "train"), "--validation", str(splits / "validation")]
+    argv += ["--manifest", str(splits / "manifest"), "--model-dir", str(model_dir), "--num_round", "10"]
+    assert run_script("training/train.py", *argv).returncode == 0
+    before = outputs(model_dir)
+    assert sorted(before) == ["features.json", "xgboost-model.json"]
+    rerun_with_fault(fault, disk, model_dir, "training/train.py", *argv, "--seed", "43")
+    assert outputs(model_dir) == before

@@ -10,14 +10,24 @@ Inputs follow the SageMaker training contract, each overridable by a flag:
                      then `--name value` flags (as the SageMaker training toolkit passes them; flags win)
     channels         SM_CHANNEL_TRAIN, SM_CHANNEL_VALIDATION (default /opt/ml/input/data/<channel>; CSV, label
                      first, no header), and optionally SM_CHANNEL_MANIFEST (preprocess's manifest.json, for the
-                     feature names; also looked for next to the train channel, else the features are f0, f1, ...)
+                     feature names; else manifest/manifest.json beside the train channel directory, as preprocess
+                     and SageMaker lay them out; else the features are f0, f1, ...)
     model            SM_MODEL_DIR (default /opt/ml/model): xgboost-model.json (XGBoost's JSON format, cut at the
-                     best iteration) and features.json
+                     best iteration), features.json, and code/ (see SERVING_CODE)
+
+It reads only the files preprocess writes: a channel directory is read as its `<channel>.csv`
+(train/train.csv, validation/validation.csv, as preprocess writes them) and any other file in it is ignored;
+a file path given explicitly is read as is. Hyperparameters are checked against training/hyperparameters.py
+(the one definition of their types and ranges, shared with pipeline.yaml's validation).
 
 Prints `train:auc=<v>` and `validation:auc=<v>` for a tuner's metric regex: every round, then, last,
 at the best iteration.
-Bad input exits with code 2 and a one-line message (also written to /opt/ml/output/failure when
-that directory exists), before anything is written to the model directory.
+
+Bad input exits with code 2, and a model that cannot be written (a model directory under a file, a read-only
+or full disk) with code 1, each with a one-line message (also written to /opt/ml/output/failure when that
+directory exists). The inputs and the model directory are checked before training. The model's files are
+written all or nothing (atomic_outputs.py): a failed or killed run leaves the previous ones whole (a killed
+run may leave hidden `.partial.*` files, which the next run replaces).
 """
 
 from __future__ import annotations
@@ -25,15 +35,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+
+import atomic_outputs
+from hyperparameters import DEFAULTS, HYPERPARAMETERS
 
 LABEL = "fraud"
 CONFIG_FILE = Path("/opt/ml/input/config/hyperparameters.json")
@@ -47,29 +58,6 @@ SERVING_CODE = ("serve.py", "features.py")
 model artifact carries the server and the feature transforms it was trained with."""
 NTHREAD = os.cpu_count() or 1
 """The model does not depend on it: hist builds the same trees on 1 to 16 threads (tests/test_train.py checks)."""
-
-
-class Spec(NamedTuple):
-    kind: type
-    default: Any
-    valid: Callable[[Any], bool]
-    rule: str
-
-
-HYPERPARAMETERS: dict[str, Spec] = {
-    "objective": Spec(str, "binary:logistic", lambda v: v == "binary:logistic", "binary:logistic"),
-    "num_round": Spec(int, 500, lambda v: v >= 1, ">= 1"),
-    "early_stopping_rounds": Spec(int, 20, lambda v: v >= 1, ">= 1"),
-    "max_depth": Spec(int, 3, lambda v: 1 <= v <= 20, "in [1, 20]"),
-    "eta": Spec(float, 0.1, lambda v: 0 < v <= 1, "in (0, 1]"),
-    "subsample": Spec(float, 0.8, lambda v: 0 < v <= 1, "in (0, 1]"),
-    "colsample_bytree": Spec(float, 0.8, lambda v: 0 < v <= 1, "in (0, 1]"),
-    "min_child_weight": Spec(float, 1.0, lambda v: v >= 0, ">= 0"),
-    "gamma": Spec(float, 0.0, lambda v: v >= 0, ">= 0"),
-    "scale_pos_weight": Spec(float, 1.0, lambda v: v > 0, "> 0"),
-    "seed": Spec(int, 42, lambda v: True, "an integer"),
-}
-DEFAULTS = {name: spec.default for name, spec in HYPERPARAMETERS.items()}
 
 
 class InputError(ValueError):
@@ -108,6 +96,8 @@ def _convert(name: str, raw: Any) -> Any:
         except ValueError:
             pass
     try:
+        if isinstance(value, bool):
+            raise ValueError
         if spec.kind is int:
             number = float(value)
             if not number.is_integer():
@@ -117,8 +107,8 @@ def _convert(name: str, raw: Any) -> Any:
             value = spec.kind(value)
     except (TypeError, ValueError):
         raise InputError(f"hyperparameter {name}: {raw!r} is not {spec.kind.__name__}") from None
-    if not spec.valid(value):
-        raise InputError(f"hyperparameter {name}: {raw!r} is not {spec.rule}")
+    if not spec.accepts(value):
+        raise InputError(f"hyperparameter {name}: {raw!r} is not {spec.rule()}")
     return value
 
 
@@ -164,16 +154,15 @@ def parse_flag_hyperparameters(extra: list[str]) -> dict[str, str]:
     return flags
 
 
-def _csv_files(path: Path, channel: str) -> list[Path]:
-    """A CSV file, or every *.csv in a channel directory (sorted)."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
+def channel_file(path: Path, channel: str) -> Path:
+    """The CSV file of a channel: a file path as is, or `<channel>.csv` in a channel directory."""
+    if path.is_dir():
+        if not (path / f"{channel}.csv").is_file():
+            raise InputError(f"{path}: channel '{channel}' holds no {channel}.csv")
+        return path / f"{channel}.csv"
+    if not path.is_file():
         raise InputError(f"{path}: channel '{channel}' not found")
-    files = sorted(path.glob("*.csv"))
-    if not files:
-        raise InputError(f"{path}: channel '{channel}' holds no .csv file")
-    return files
+    return path
 
 
 def _read_csv(path: Path) -> np.ndarray:
@@ -200,33 +189,28 @@ def _read_csv(path: Path) -> np.ndarray:
 
 
 def read_channel(path: Path, channel: str) -> np.ndarray:
-    """All rows of a channel: label in column 0, features after it."""
-    files = _csv_files(path, channel)
-    parts = [_read_csv(file) for file in files]
-    for file, part in zip(files, parts, strict=True):
-        if part.shape[1] != parts[0].shape[1]:
-            raise InputError(f"{file}: {part.shape[1]} columns, but {files[0]} has {parts[0].shape[1]}")
-    data = np.concatenate(parts)
+    """The rows of a channel: label in column 0, features after it."""
+    data = _read_csv(channel_file(path, channel))
     if len(np.unique(data[:, 0])) < 2:
         raise InputError(f"{path}: channel '{channel}' needs both labels 0 and 1 to compute AUC")
     return data
 
 
 def find_manifest(features_file: Path | None, manifest: Path | None, train: Path) -> Path | None:
-    """--features-file, else the manifest channel, else the first manifest.json found in the train channel,
-    next to it, or in a sibling `manifest` directory (preprocess's layout, and SageMaker's /opt/ml/input/data)."""
+    """--features-file, else the manifest channel, else manifest/manifest.json beside the train channel
+    directory (preprocess's layout, and SageMaker's /opt/ml/input/data); None when there is none."""
     if features_file is not None:
         return features_file
     if manifest is not None:
         return manifest / MANIFEST_FILE if manifest.is_dir() else manifest
     channel = train if train.is_dir() else train.parent
-    candidates = [channel, channel.parent, channel.parent / "manifest"]
-    found = [d / MANIFEST_FILE for d in candidates if (d / MANIFEST_FILE).is_file()]
-    return found[0] if found else None
+    beside = channel.parent / "manifest" / MANIFEST_FILE
+    return beside if beside.is_file() else None
 
 
 def feature_names(manifest: Path | None, count: int) -> list[str]:
-    """The 'features' list of a manifest (preprocess's manifest.json, or a model's features.json), else f0, f1, ..."""
+    """The 'features' list of a manifest (preprocess's manifest.json, or a model's features.json), else f0, f1, ...
+    Names must be unique non-empty strings without [ ] < (XGBoost's rule)."""
     if manifest is None:
         return [f"f{i}" for i in range(count)]
     if not manifest.is_file():
@@ -237,7 +221,16 @@ def feature_names(manifest: Path | None, count: int) -> list[str]:
         raise InputError(f"{manifest}: expected a JSON object with a 'features' list") from None
     if not isinstance(names, list) or len(names) != count:
         raise InputError(f"{manifest}: its 'features' list does not name the data's {count} feature columns")
-    return [str(name) for name in names]
+    seen: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise InputError(f"{manifest}: feature name {name!r} is not a non-empty string")
+        if any(symbol in name for symbol in "[]<"):
+            raise InputError(f"{manifest}: feature name {name!r} contains one of [ ] <, which XGBoost does not allow")
+        if name in seen:
+            raise InputError(f"{manifest}: feature name {name!r} appears more than once")
+        seen.add(name)
+    return names
 
 
 def fit(
@@ -266,9 +259,7 @@ def fit(
 
 
 def save(result: Result, names: list[str], hyperparameters: dict[str, Any], model_dir: Path) -> None:
-    """xgboost-model.json and features.json in the model directory."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    result.booster.save_model(model_dir / MODEL_FILE)
+    """xgboost-model.json, features.json and code/ in the model directory, all or nothing."""
     description = {
         "features": names,
         "label": LABEL,
@@ -276,12 +267,17 @@ def save(result: Result, names: list[str], hyperparameters: dict[str, Any], mode
         "hyperparameters": hyperparameters,
         "metrics": {"train:auc": result.train_auc, "validation:auc": result.validation_auc},
     }
-    (model_dir / FEATURES_FILE).write_text(json.dumps(description, indent=2) + "\n")
+    outputs = {
+        model_dir / MODEL_FILE: atomic_outputs.bytes_writer(bytes(result.booster.save_raw("json"))),
+        model_dir / FEATURES_FILE: atomic_outputs.text_writer(
+            json.dumps(description, indent=2, allow_nan=False) + "\n"
+        ),
+    }
     here = Path(__file__).resolve().parent
     for name in SERVING_CODE:
         if (here / name).is_file():
-            (model_dir / "code").mkdir(exist_ok=True)
-            shutil.copyfile(here / name, model_dir / "code" / name)
+            outputs[model_dir / "code" / name] = atomic_outputs.bytes_writer((here / name).read_bytes())
+    atomic_outputs.write_all(outputs)
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -310,24 +306,20 @@ def report_failure(message: str) -> None:
         FAILURE_FILE.write_text(message + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, extra = parse_args(argv)
-    try:
-        hyperparameters = resolve_hyperparameters(
-            read_hyperparameters_file(args.hyperparameters_file), parse_flag_hyperparameters(extra)
+def run(args: argparse.Namespace, extra: list[str]) -> None:
+    """Check every input and the model directory, then train and write the model."""
+    hyperparameters = resolve_hyperparameters(
+        read_hyperparameters_file(args.hyperparameters_file), parse_flag_hyperparameters(extra)
+    )
+    atomic_outputs.check_directory(args.model_dir, "model directory")
+    train = read_channel(args.train, "train")
+    validation = read_channel(args.validation, "validation")
+    if train.shape[1] != validation.shape[1]:
+        raise InputError(
+            f"{args.validation}: {validation.shape[1]} columns, but the train channel {args.train} has {train.shape[1]}"
         )
-        train = read_channel(args.train, "train")
-        validation = read_channel(args.validation, "validation")
-        if train.shape[1] != validation.shape[1]:
-            raise InputError(
-                f"{args.validation}: {validation.shape[1]} columns, but the train channel {args.train} has "
-                f"{train.shape[1]}"
-            )
-        manifest = find_manifest(args.features_file, args.manifest, args.train)
-        names = feature_names(manifest, train.shape[1] - 1)
-    except InputError as error:
-        report_failure(str(error))
-        return 2
+    manifest = find_manifest(args.features_file, args.manifest, args.train)
+    names = feature_names(manifest, train.shape[1] - 1)
     print(f"hyperparameters: {json.dumps(hyperparameters, sort_keys=True)}")
     print(f"train: {len(train)} rows, validation: {len(validation)} rows, {len(names)} features")
     result = fit(train, validation, names, hyperparameters, args.verbose)
@@ -336,6 +328,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"validation:auc={result.validation_auc:.6f}", flush=True)
     save(result, names, hyperparameters, args.model_dir)
     print(f"wrote {args.model_dir / MODEL_FILE} and {args.model_dir / FEATURES_FILE}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = parse_args(argv)
+    try:
+        run(args, extra)
+    except InputError as error:
+        report_failure(str(error))
+        return 2
+    except atomic_outputs.OutputError as error:
+        report_failure(str(error))
+        return 1
     return 0
 
 
