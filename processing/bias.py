@@ -15,7 +15,10 @@ https://docs.aws.amazon.com/sagemaker/latest/dg/clarify-model-monitor-bias-drift
 the baseline is violated when its calculated value is farther from 0 (the balanced value) than the baseline's,
 or could not be computed; metrics the baseline does not name are reported, not judged. The baseline is
 --baseline (a Clarify analysis.json, or a folder holding one), or --thresholds METRIC=LIMIT,... (a baseline made
-of those limits: the one the pipeline generates from pipeline.yaml's bias.thresholds).
+of those limits: the one the pipeline generates from pipeline.yaml's bias.thresholds). A folder given as
+--dataset, --baseline or --analysis-config is read by the name its producer writes: train.csv (preprocess's
+headered split); analysis.json or constraints.json (this step's analysis or drift baseline, the builder's
+supplied baseline); analysis_config.json.
     --skip-check true            compute and write, judge nothing (skip_check)
     --fail-on-violation false    write the violations, exit 0 (fail_on_violation)
     --drift-baseline-dir DIR     write the step's BaselineUsedForDriftCheckConstraints there as constraints.json:
@@ -26,6 +29,9 @@ Writes under --output-dir, as Clarify does: analysis.json (Clarify's shape: {"ve
 "metrics": [{"name", "description", "value"}, ...]}]}}}), report.md, and constraint_violations.json when there
 are violations ({"version": "1.0", "violations": [{"facet", "facet_value", "metric_name",
 "constraint_check_type": "bias_drift_check", "description", "value", "baseline"}]}).
+
+Every output is written all or nothing (atomic_outputs): an output that cannot be written (read-only, disk full)
+exits 1 and leaves the previous outputs whole.
 
 A violation exits 1, with a message naming each metric, its value and the baseline's on stderr and in
 /opt/ml/output/message (the processing job's ExitMessage). Bad input (no dataset, a missing label or facet
@@ -38,6 +44,7 @@ than 5% distinct values continuous, so a 0/1 column of fewer than 40 rows would 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -49,14 +56,20 @@ import pandas as pd
 import smclarify.bias.metrics
 from smclarify.bias.report import FacetColumn, LabelColumn, StageType, bias_report, label_value_or_threshold
 
+import atomic_outputs
+
 log = logging.getLogger("bias")
 PROCESSING = Path("/opt/ml/processing")
 MESSAGE_FILE = Path("/opt/ml/output/message")
 METRICS = ("CI", "DPL", "KL", "JS", "LP", "TVD", "KS")
 KNOWN_METRICS = sorted(f.__name__ for f in smclarify.bias.metrics.PRETRAINING_METRICS)
 SECTION = "pre_training_bias_metrics"
+ANALYSIS_FILE = "analysis.json"
+REPORT_FILE = "report.md"
 VIOLATIONS_FILE = "constraint_violations.json"
 DRIFT_BASELINE_FILE = "constraints.json"
+DATASET_FILE = "train.csv"
+CONFIG_FILE = "analysis_config.json"
 
 
 class InputError(ValueError):
@@ -143,12 +156,13 @@ def baseline_from_thresholds(limits: dict[str, float], settings: Settings) -> di
     }
 
 
-def read_json(path: Path, what: str) -> dict:
-    """A JSON object from a file, or from the only .json file of a folder (as a processing input is)."""
+def read_json(path: Path, what: str, names: tuple[str, ...]) -> dict:
+    """A JSON object from a file, or from a folder (as a processing input is) holding exactly one of `names`."""
     if path.is_dir():
-        found = sorted(path.glob("*.json"))
+        found = [path / name for name in names if (path / name).is_file()]
         if len(found) != 1:
-            raise InputError(f"{path}: expected exactly one .json file ({what}), found {len(found)}")
+            expected = " or ".join(names)
+            raise InputError(f"{path}: expected {expected} in this folder ({what}), found {len(found)} of them")
         path = found[0]
     try:
         document = json.loads(path.read_text())
@@ -163,7 +177,7 @@ def read_json(path: Path, what: str) -> dict:
 
 def settings_from_analysis_config(path: Path) -> Settings:
     """Settings from Clarify's analysis_config.json (the keys a pre-training bias analysis uses)."""
-    config = read_json(path, "Clarify analysis config")
+    config = read_json(path, "Clarify analysis config", (CONFIG_FILE,))
     try:
         [facet] = config["facet"]
         methods = config["methods"]["pre_training_bias"]["methods"]
@@ -182,14 +196,13 @@ def settings_from_analysis_config(path: Path) -> Settings:
 
 
 def resolve_dataset(path: Path) -> Path:
-    """A CSV file, or a directory holding train.csv or exactly one CSV (as a processing input is)."""
+    """A CSV file, or a directory holding train.csv (as a processing input of preprocess's headered split is)."""
     if path.is_file():
         return path
     if path.is_dir():
-        candidates = [path / "train.csv"] if (path / "train.csv").is_file() else sorted(path.glob("*.csv"))
-        if len(candidates) == 1:
-            return candidates[0]
-        raise InputError(f"{path}: expected train.csv or exactly one CSV file, found {len(candidates)}")
+        if (path / DATASET_FILE).is_file():
+            return path / DATASET_FILE
+        raise InputError(f"{path}: expected {DATASET_FILE} in this folder (the headered split preprocess writes)")
     raise InputError(f"{path}: file not found")
 
 
@@ -319,14 +332,21 @@ def failure_message(found: list[dict]) -> str:
     )
 
 
-def write_json(path: Path, document: dict) -> None:
-    path.write_text(json.dumps(document, indent=2) + "\n")
+def json_text(document: dict) -> str:
+    return json.dumps(document, indent=2) + "\n"
+
+
+def write_texts(outputs: dict[Path, str]) -> None:
+    """Write text files all or nothing; raises atomic_outputs.OutputError (an OSError) naming the file."""
+    atomic_outputs.write_all({path: atomic_outputs.text_writer(text) for path, text in outputs.items()})
 
 
 def write_message(path: Path, message: str) -> None:
-    """SageMaker shows the first 1 KB of /opt/ml/output/message as the job's ExitMessage; write it where it exists."""
+    """SageMaker shows the first 1 KB of /opt/ml/output/message as the job's ExitMessage; write it where its folder
+    exists. A message file that cannot be written is skipped: the message is on stderr too."""
     if path.parent.is_dir():
-        path.write_text(message[:1024] + "\n", encoding="utf-8")
+        with contextlib.suppress(OSError):
+            write_texts({path: message[:1024] + "\n"})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -368,7 +388,7 @@ def baseline_of(args: argparse.Namespace, settings: Settings) -> dict | None:
             raise InputError(f"--thresholds names metric(s) not in --metrics: {', '.join(unmeasured)}")
         return baseline_from_thresholds(args.thresholds, settings)
     if args.baseline is not None:
-        document = read_json(args.baseline, "baseline")
+        document = read_json(args.baseline, "baseline", (ANALYSIS_FILE, DRIFT_BASELINE_FILE))
         metric_table(document, str(args.baseline))
         return document
     if args.drift_baseline_dir and not args.register_new_baseline:
@@ -378,37 +398,44 @@ def baseline_of(args: argparse.Namespace, settings: Settings) -> dict | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = parse_args(argv)
-    try:
-        settings = settings_of(args)
-        baseline = baseline_of(args, settings)
-        frame = read_dataset(args.dataset, settings)
-    except InputError as error:
-        print(f"bias: error: {error}", file=sys.stderr)
-        write_message(args.message_file, f"bias: error: {error}")
-        return 2
+def check(args: argparse.Namespace) -> int:
+    """Compute, judge and write (all or nothing); the exit code: 1 for violations that fail the step, else 0."""
+    settings = settings_of(args)
+    baseline = baseline_of(args, settings)
+    frame = read_dataset(args.dataset, settings)
     document = analysis(frame, settings)
     judged = baseline is not None and not args.skip_check
     found = drift_violations(document, baseline) if judged else []
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(args.output_dir / "analysis.json", document)
-    (args.output_dir / "report.md").write_text(markdown(document, baseline if judged else None, found))
+    outputs = {
+        args.output_dir / ANALYSIS_FILE: json_text(document),
+        args.output_dir / REPORT_FILE: markdown(document, baseline if judged else None, found),
+    }
     if found:
-        write_json(args.output_dir / VIOLATIONS_FILE, {"version": "1.0", "violations": found})
+        outputs[args.output_dir / VIOLATIONS_FILE] = json_text({"version": "1.0", "violations": found})
     if args.drift_baseline_dir:
-        args.drift_baseline_dir.mkdir(parents=True, exist_ok=True)
         drift = document if args.register_new_baseline else baseline
-        write_json(args.drift_baseline_dir / DRIFT_BASELINE_FILE, drift)
+        outputs[args.drift_baseline_dir / DRIFT_BASELINE_FILE] = json_text(drift)
+    write_texts(outputs)
     verdict = "check skipped" if args.skip_check else f"{len(found)} violation(s)" if judged else "no baseline"
-    log.info("wrote analysis.json and report.md under %s (%s)", args.output_dir, verdict)
+    log.info("wrote %s and %s under %s (%s)", ANALYSIS_FILE, REPORT_FILE, args.output_dir, verdict)
     if found and args.fail_on_violation:
         message = failure_message(found)
         print(message, file=sys.stderr)
         write_message(args.message_file, message)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        return check(args)
+    except (InputError, OSError) as error:  # OSError: an output that cannot be written, named by write_texts
+        message = f"bias: error: {error}"
+        print(message, file=sys.stderr)
+        write_message(args.message_file, message)
+        return 2 if isinstance(error, InputError) else 1
 
 
 if __name__ == "__main__":

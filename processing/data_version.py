@@ -11,7 +11,8 @@ exactly when the data does. The pipeline runs this step uncached and passes the 
 argument: step caching keys on a step's arguments, not on the contents behind an S3 URI, so without it new
 data at the same URI would be a cache hit. Preprocess checks its own inputs against the version.
 
-A missing input exits with code 2.
+A missing input exits with code 2; an output that cannot be written (read-only, disk full) exits with code 1
+and leaves the previous version.json whole.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+
+import atomic_outputs
 
 PROCESSING = Path("/opt/ml/processing")
 CHUNK = 1 << 20
@@ -80,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inputs = dict(args.input or [(name, PROCESSING / "input" / name) for name in ("claims", "customers")])
     try:
+        atomic_outputs.check_directory(args.output_dir)
         document = describe(inputs)
+        output = atomic_outputs.text_writer(json.dumps(document, indent=2) + "\n")
+        atomic_outputs.write_all({args.output_dir / "version.json": output})
     except InputError as error:
         print(f"data_version: error: {error}", file=sys.stderr)
         return 2
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "version.json").write_text(json.dumps(document, indent=2) + "\n")
+    except atomic_outputs.OutputError as error:
+        print(f"data_version: error: {error}", file=sys.stderr)
+        return 1
     print(f"data version {document['version']}")
     return 0
 

@@ -15,9 +15,24 @@ KEY = "policy_id"
 LABEL = "fraud"
 EVENT_TIME = "event_time"
 
-# column -> (kind, allowed values or (min, max)); kinds: int, float, category
+INT_MAX = 2**53 - 1
+"""The largest value of an int column, policy_id's included: the largest integer float64 holds exactly, well within
+int64. Integers pass through float64 (pandas reads a column with one value written 1e3 or 1.0 as float64; JSON
+numbers are doubles), where larger ids can become the same number (as 1e20 and 2e20 became one int64)."""
+FLOAT_MAX = float(np.finfo(np.float32).max)
+"""The largest magnitude of a float column: the model's matrix is float32, where anything larger is infinite."""
+EVENT_TIMES = (0.0, 253_402_300_799.0)
+"""event_time's range in epoch seconds: 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z (four-digit years, as
+Feature Store's ISO-8601 event times and Python's datetime have)."""
+EVENT_TIMES_TEXT = f"epoch seconds in [{EVENT_TIMES[0]:.0f}, {EVENT_TIMES[1]:.0f}]"
+NUMBER = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+"""The numbers the contract reads: plain decimal or scientific notation (not 1_000, 0x10, inf, nan, fullwidth
+digits, which Python's float() may take)."""
+
+# column -> (kind, allowed values or (min, max)); kinds: int, float, category. A max of None is the kind's
+# largest value: INT_MAX for int, FLOAT_MAX for float.
 CLAIMS_SCHEMA: dict[str, tuple[str, object]] = {
-    "policy_id": ("int", (0, None)),
+    "policy_id": ("int", (0, INT_MAX)),
     "driver_relationship": ("category", ["Self", "Spouse", "Child", "Other", "N/A"]),
     "incident_type": ("category", ["Collision", "Break-in", "Theft"]),
     "collision_type": ("category", ["Front", "Rear", "Side", "N/A"]),
@@ -38,7 +53,7 @@ CLAIMS_SCHEMA: dict[str, tuple[str, object]] = {
 }
 
 CUSTOMERS_SCHEMA: dict[str, tuple[str, object]] = {
-    "policy_id": ("int", (0, None)),
+    "policy_id": ("int", (0, INT_MAX)),
     "customer_age": ("int", (18, 100)),
     "months_as_customer": ("int", (0, None)),
     "num_claims_past_year": ("int", (0, None)),
@@ -137,7 +152,7 @@ class ContractError(ValueError):
 MAX_ROWS_SHOWN = 5
 
 
-def _describe_rows(frame: pd.DataFrame, mask: pd.Series, column: str) -> str:
+def describe_rows(frame: pd.DataFrame, mask: pd.Series, column: str) -> str:
     """'line 3: 'abc', line 7: '' ...' for the first offending rows (line numbers count the header as 1)."""
     bad = frame.loc[mask, column]
     shown = ", ".join(f"line {i + 2}: {v!r}" for i, v in bad.head(MAX_ROWS_SHOWN).items())
@@ -151,6 +166,11 @@ def _canonical(column: str, allowed: tuple[str, ...]) -> dict[str, str]:
     return {normalise(pd.Series([v]), column).iloc[0]: v for v in allowed}
 
 
+def _parse_numbers(raw: pd.Series) -> pd.Series:
+    """Numbers (float64) of stripped strings; NaN where a value is not plain decimal or scientific notation."""
+    return pd.to_numeric(raw.where(raw.str.fullmatch(NUMBER)), errors="coerce").astype("float64")
+
+
 def _check_column(frame: pd.DataFrame, column: str, kind: str, allowed: object) -> tuple[pd.Series, str | None]:
     """Parse one raw string column; return the typed values and an error description or None."""
     raw = frame[column].str.strip()
@@ -161,35 +181,35 @@ def _check_column(frame: pd.DataFrame, column: str, kind: str, allowed: object) 
         expected = f"one of {', '.join(allowed)}"
         values = normalised.map(canonical)
     else:
-        values = pd.to_numeric(raw, errors="coerce")
+        values = _parse_numbers(raw)
         low, high = allowed
-        bad = values.isna() | ~np.isfinite(values)
+        if high is None:
+            high = INT_MAX if kind == "int" else FLOAT_MAX
+        bad = ~values.between(low, high)  # NaN is not between
         if kind == "int":
             bad |= values != values.round()
-        if low is not None:
-            bad |= values < low
-        if high is not None:
-            bad |= values > high
-        bounds = f" >= {low}" if high is None else f" in [{low}, {high}]"
-        expected = f"{'an integer' if kind == 'int' else 'a number'}{bounds}"
-        if not bad.any():
-            values = values.astype("int64" if kind == "int" else "float64")
+        expected = f"{'an integer' if kind == 'int' else 'a number'} in [{low}, {high}]"
+        if kind == "int" and not bad.any():
+            values = values.astype("int64")
     if bad.any():
-        return values, f"column '{column}': expected {expected}; {_describe_rows(frame, bad, column)}"
+        return values, f"column '{column}': expected {expected}; {describe_rows(frame, bad, column)}"
     return values, None
 
 
+EPOCH = pd.Timestamp(0, tz="UTC").as_unit("s")
+
+
 def _parse_event_time(frame: pd.DataFrame) -> tuple[pd.Series, str | None]:
-    """Epoch seconds, from epoch numbers or ISO-8601 timestamps."""
+    """Epoch seconds, from epoch numbers or ISO-8601 timestamps, within EVENT_TIMES."""
     raw = frame[EVENT_TIME].str.strip()
-    numeric = pd.to_numeric(raw, errors="coerce")
+    numeric = _parse_numbers(raw)
     stamps = pd.to_datetime(raw.where(numeric.isna()), utc=True, errors="coerce", format="ISO8601")
-    seconds = numeric.fillna((stamps - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
-    bad = seconds.isna()
+    seconds = numeric.fillna((stamps - EPOCH) / pd.Timedelta(seconds=1))
+    bad = ~seconds.between(*EVENT_TIMES)
     if bad.any():
         return seconds, (
-            f"column '{EVENT_TIME}': expected epoch seconds or an ISO-8601 timestamp; "
-            f"{_describe_rows(frame, bad, EVENT_TIME)}"
+            f"column '{EVENT_TIME}': expected {EVENT_TIMES_TEXT} or an ISO-8601 timestamp from 1970 to 9999; "
+            f"{describe_rows(frame, bad, EVENT_TIME)}"
         )
     return seconds.astype("float64"), None
 
@@ -203,6 +223,10 @@ def validate(
     column is parsed to epoch seconds. Raises ContractError naming the source, every failing
     column and up to five offending rows of each.
     """
+    counts = frame.columns.value_counts(sort=False)
+    repeated = [f"column '{column}' appears {n} times" for column, n in counts[counts > 1].items()]
+    if repeated:
+        raise ContractError(f"{source}: {', '.join(repeated)} in the header; expected each column once")
     required = [c for c in schema if label or c != LABEL]
     missing = [c for c in required if c not in frame.columns]
     if missing:

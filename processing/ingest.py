@@ -15,7 +15,8 @@ botocore's adaptive retry mode (--max-attempts per record). Any record that stil
 (exit 1), naming a few policy ids and the error. Local runs point it at a local Feature Store
 (pipelines/local/feature_store.py) through AWS_ENDPOINT_URL_SAGEMAKER(_FEATURESTORE_RUNTIME).
 
-Bad input (a missing file, a missing policy_id/event_time column) exits with code 2 before any write.
+Bad input (a missing file, a missing policy_id/event_time column, an event time outside the data contract's
+range) exits with code 2 before any write.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import boto3
 import pandas as pd
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from features import EVENT_TIMES, EVENT_TIMES_TEXT, describe_rows
 
 log = logging.getLogger("ingest")
 
@@ -94,6 +97,10 @@ def read_table(path: Path, name: str, group: str) -> Table:
         if not pd.api.types.is_numeric_dtype(frame[column]) or frame[column].isna().any():
             raise InputError(f"{path}: column '{column}' must be numeric with no empty values")
     frame[EVENT_TIME] = frame[EVENT_TIME].astype("float64")
+    outside = ~frame[EVENT_TIME].between(*EVENT_TIMES)
+    if outside.any():
+        message = f"column '{EVENT_TIME}': expected {EVENT_TIMES_TEXT}; {describe_rows(frame, outside, EVENT_TIME)}"
+        raise InputError(f"{path}: {message}")
     return Table(name, group, frame)
 
 

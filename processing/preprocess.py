@@ -11,8 +11,13 @@ Writes, under the output directory:
     manifest/manifest.json                                      row counts, fraud rates, the ordered features
 
 Input that breaks the contract exits with code 2 and a message naming the file, the column and the
-offending rows, before anything is written. With --data-version (the pipeline's DataVersion step), inputs
-whose fingerprint differs from it (the data changed since that step read it) exit with code 2 too.
+offending rows, before anything is written. So does data with too few policies of a class to put both classes
+in train, validation and test (training and evaluation need them; rows_needed_per_class says how many). With
+--data-version (the pipeline's DataVersion step), inputs whose fingerprint differs from it (the data changed
+since that step read it) exit with code 2 too.
+
+The outputs are written all or nothing (atomic_outputs): an output that cannot be written (read-only, disk
+full) exits with code 1 and leaves the previous outputs whole.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+import atomic_outputs
 import data_version
 from features import (
     CLAIMS_SCHEMA,
@@ -63,10 +70,14 @@ def resolve_input(path: Path, name: str) -> Path:
 
 
 def read_table(path: Path, name: str, schema: dict) -> pd.DataFrame:
-    """Read a raw table as strings (so 'None' and 'N/A' stay categories) and validate it."""
+    """Read a raw table as strings (so 'None' and 'N/A' stay categories) and validate it.
+
+    The header is read as a row, so a column named twice stays named twice (pandas would rename the second
+    'fraud' to 'fraud.1') and the contract refuses it."""
     path = resolve_input(path, name)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        frame = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, na_filter=False)
+        frame = frame.iloc[1:].set_axis(frame.iloc[0], axis="columns").set_axis(range(len(frame) - 1))
     except pd.errors.EmptyDataError:
         raise ContractError(f"{path}: the file is empty; expected a header row with: {', '.join(schema)}") from None
     except (UnicodeDecodeError, pd.errors.ParserError) as error:
@@ -109,17 +120,38 @@ def join(claims: pd.DataFrame, customers: pd.DataFrame, claims_source: str) -> p
     return claims.drop(columns=EVENT_TIME).merge(customers.drop(columns=EVENT_TIME), on=KEY, validate="one_to_one")
 
 
+def rows_needed_per_class(validation_fraction: float, test_fraction: float) -> int:
+    """Rows of each class that put both classes in train, validation and test, however many the other class has.
+
+    A stratified train_test_split gives each of two classes its share of a part rounded to the nearest integer,
+    and rounds the part's size up. So a class of n rows has one in test when n * test > 1/2; the rest keeps
+    over n * (1 - test) - 3/2 of them, of which validation needs over 1/2 / v and train over 3/2 / (1 - v)
+    (v: validation's share of the rest). tests/test_preprocess.py checks the bound against the split itself.
+    """
+    share = validation_fraction / (1 - test_fraction)
+    rest = max(0.5 / share, 1.5 / (1 - share)) + 1.5
+    return max(math.floor(0.5 / test_fraction) + 1, math.ceil(rest / (1 - test_fraction)))
+
+
+def check_classes(joined: pd.DataFrame, validation_fraction: float, test_fraction: float, source: str) -> None:
+    """Refuse data that cannot give train, validation and test both classes (training and evaluation need them)."""
+    needed = rows_needed_per_class(validation_fraction, test_fraction)
+    frauds = int((joined[LABEL] == 1).sum())
+    others = len(joined) - frauds
+    if min(frauds, others) < needed:
+        raise ContractError(
+            f"{source}: column '{LABEL}': {frauds} fraud and {others} non-fraud policies; each class needs at least "
+            f"{needed} to be in train, validation and test (validation fraction {validation_fraction}, "
+            f"test fraction {test_fraction})"
+        )
+
+
 def split(joined: pd.DataFrame, validation_fraction: float, test_fraction: float, seed: int) -> dict[str, pd.DataFrame]:
     """Stratified train/validation/test split; each policy lands in exactly one split."""
     joined = joined.sort_values(KEY, kind="stable").reset_index(drop=True)
-    counts = joined[LABEL].value_counts()
-    stratify = joined[LABEL] if len(counts) == 2 and counts.min() >= 3 else None
-    if stratify is None:
-        log.warning("too few rows of one class to stratify; splitting without stratification")
-    rest, test = train_test_split(joined, test_size=test_fraction, random_state=seed, stratify=stratify)
-    stratify = rest[LABEL] if stratify is not None else None
+    rest, test = train_test_split(joined, test_size=test_fraction, random_state=seed, stratify=joined[LABEL])
     train, validation = train_test_split(
-        rest, test_size=validation_fraction / (1 - test_fraction), random_state=seed, stratify=stratify
+        rest, test_size=validation_fraction / (1 - test_fraction), random_state=seed, stratify=rest[LABEL]
     )
     return {
         name: part.sort_values(KEY, kind="stable")
@@ -156,6 +188,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict[Path, pd.DataFrame | dict], 
     claims = encode(claims_raw, CLAIMS_SCHEMA)
     customers = encode(customers_raw, CUSTOMERS_SCHEMA)
     joined = join(claims, customers, str(args.claims))
+    check_classes(joined, args.validation_fraction, args.test_fraction, str(args.claims))
     parts = split(joined, args.validation_fraction, args.test_fraction, args.seed)
 
     outputs: dict[Path, pd.DataFrame | dict] = {}
@@ -184,23 +217,19 @@ def prepare(args: argparse.Namespace) -> tuple[dict[Path, pd.DataFrame | dict], 
     return outputs, manifest
 
 
+def writer(relative: Path, content: pd.DataFrame | dict) -> atomic_outputs.Writer:
+    """The writer of one output: JSON, or CSV with a header except in the bare splits XGBoost reads."""
+    if isinstance(content, dict):
+        return atomic_outputs.text_writer(json.dumps(content, indent=2) + "\n")
+    header = relative.parts[0] not in SPLITS
+    return lambda path: content.to_csv(path, index=False, header=header, lineterminator="\n")
+
+
 def write_outputs(outputs: dict[Path, pd.DataFrame | dict], output_dir: Path) -> None:
-    """Write every output; if one write fails, remove the ones already written."""
-    written: list[Path] = []
-    try:
-        for relative, content in outputs.items():
-            path = output_dir / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            written.append(path)
-            if isinstance(content, dict):
-                path.write_text(json.dumps(content, indent=2) + "\n")
-            else:
-                header = relative.parts[0] not in SPLITS
-                content.to_csv(path, index=False, header=header, lineterminator="\n")
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    """Write every output, all or nothing (atomic_outputs): a failure leaves the previous outputs whole."""
+    atomic_outputs.write_all(
+        {output_dir / relative: writer(relative, content) for relative, content in outputs.items()}
+    )
 
 
 def fraction(text: str) -> float:
@@ -234,11 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     try:
+        atomic_outputs.check_directory(args.output_dir)
         outputs, manifest = prepare(args)
+        write_outputs(outputs, args.output_dir)
     except ContractError as error:
         print(f"preprocess: error: {error}", file=sys.stderr)
         return 2
-    write_outputs(outputs, args.output_dir)
+    except atomic_outputs.OutputError as error:
+        print(f"preprocess: error: {error}", file=sys.stderr)
+        return 1
     for name, stats in manifest["splits"].items():
         log.info("%s: %d policies, fraud rate %.4f", name, stats["rows"], stats["fraud_rate"])
     log.info("wrote %d files under %s", len(outputs), args.output_dir)

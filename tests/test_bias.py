@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import assert_outputs_survive_faults, make_read_only, run_script
 
 import bias
 
@@ -242,3 +244,54 @@ def test_bad_check_settings_exit_2(tmp_path, capsys, monkeypatch, extra, message
 def test_missing_dataset_exits_2(tmp_path, capsys):
     assert run(tmp_path / "nowhere.csv", tmp_path / "out") == 2
     assert "nowhere.csv: file not found" in capsys.readouterr().err
+
+
+def test_outputs_are_all_or_nothing(small_disk, tmp_path):
+    """analysis.json, report.md, constraint_violations.json and the drift baseline are written all or nothing."""
+    disk = small_disk(256)
+    balanced = write_dataset(tmp_path / "balanced.csv", [1, 0] * 20, [1, 1, 0, 0] * 10)
+    skewed = write_dataset(tmp_path / "skewed.csv", *SKEWED)
+    argv = ["--output-dir", str(disk / "report"), "--drift-baseline-dir", str(disk / "drift")]
+    argv += ["--thresholds", THRESHOLDS, "--register-new-baseline", "true", "--fail-on-violation", "false"]
+    argv += ["--message-file", str(tmp_path / "message")]
+    first, rerun = ["--dataset", str(balanced), *argv], ["--dataset", str(skewed), *argv]
+    assert_outputs_survive_faults("processing/bias.py", disk, first, rerun, tmp_path / "marker")
+    assert "report/constraint_violations.json" in {p.relative_to(disk).as_posix() for p in disk.rglob("*.json")}
+    assert "bias: error: " in (tmp_path / "message").read_text()
+
+
+def test_folders_are_read_by_the_names_their_producers_write(tmp_path, capsys):
+    """preprocess writes headered/train.csv; bias.py writes analysis.json (and the drift baseline constraints.json)
+    beside other files, and a killed run leaves .partial. files: a folder is read by those names only."""
+    earlier = tmp_path / "earlier"
+    assert run(write_dataset(tmp_path / "d.csv", *SKEWED), earlier, "--thresholds", "DPL=0.1") == 1
+    (earlier / ".partial.analysis.json").write_text("{")
+    data = tmp_path / "data"
+    data.mkdir()
+    write_dataset(data / ".partial.train.csv", *SKEWED)
+    assert run(data, tmp_path / "out", "--baseline", str(earlier)) == 2
+    assert f"{data}: expected train.csv in this folder" in capsys.readouterr().err
+    write_dataset(data / "train.csv", *SKEWED)
+    assert run(data, tmp_path / "out", "--baseline", str(earlier)) == 0  # the same data: no drift
+
+
+def test_a_message_file_that_cannot_be_written_leaves_the_error_on_stderr(small_disk, tmp_path):
+    disk = small_disk(64)
+    make_read_only(disk)
+    result = run_script(
+        "processing/bias.py", "--dataset", str(tmp_path / "none.csv"), "--message-file", str(disk / "message")
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"bias: error: {tmp_path / 'none.csv'}: file not found"
+
+
+def test_the_pipeline_builder_loads_it_without_its_folder_on_the_path():
+    """pipelines.pipeline._bias_script loads bias.py (and atomic_outputs, which it imports) by path, in a process
+    without processing/ on sys.path, for Settings and baseline_from_thresholds."""
+    load = (
+        "from pipelines.pipeline import _bias_script; module = _bias_script(); "
+        "print(module.baseline_from_thresholds({'DPL': 0.1}, "
+        "module.Settings('fraud', [1], 'customer_gender_female', [1], ['DPL']))['version'])"
+    )
+    result = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd="/", check=False)
+    assert (result.returncode, result.stdout) == (0, "1.0\n"), result.stderr

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import assert_outputs_survive_faults, run_script
 
 import data_version
 import preprocess
@@ -75,3 +75,11 @@ def test_preprocess_refuses_data_that_changed_since_it_was_versioned(raw_data, t
 def test_input_must_be_name_equals_path(text):
     with pytest.raises(SystemExit):
         data_version.parse_args(["--input", text])
+
+
+def test_version_json_is_all_or_nothing(raw_data, small_disk, tmp_path):
+    disk = small_disk(64)
+    inputs = [f"claims={raw_data['claims']}", f"customers={raw_data['customers']}"]
+    first = ["--input", inputs[0], "--input", inputs[1], "--output-dir", str(disk / "version")]
+    rerun = ["--input", inputs[0], "--output-dir", str(disk / "version")]
+    assert_outputs_survive_faults("processing/data_version.py", disk, first, rerun, tmp_path / "marker")

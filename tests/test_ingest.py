@@ -271,6 +271,11 @@ def test_group_that_stays_creating_times_out(features, aws, capsys):
         ("customers", CUSTOMERS.drop(columns="policy_id"), "customers.csv: missing column(s) policy_id"),
         ("claims", CLAIMS.assign(event_time="soon"), "claims.csv: column 'event_time' must be numeric"),
         ("claims", CLAIMS.assign(is_deleted=0), "claims.csv: column(s) is_deleted: names Feature Store reserves"),
+        (
+            "claims",
+            CLAIMS.assign(event_time=[HOUR, float("inf"), -1.0]),
+            "claims.csv: column 'event_time': expected epoch seconds in [0, 253402300799]; line 3: inf, line 4: -1.0",
+        ),
     ],
 )
 def test_bad_input_exits_2_before_any_aws_call(features, capsys, table, frame, message):

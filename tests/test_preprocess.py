@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROWS, files_under, run_script
+from conftest import ROWS, assert_outputs_survive_faults, files_under, outputs, run_script
 
 import preprocess
 from features import FEATURES
@@ -138,7 +138,35 @@ BREAKS = {
         lambda t: pd.concat([t, t.iloc[[0]].assign(policy_id="99999")], ignore_index=True),
         ["'policy_id'", "no customer", "99999"],
     ),
+    "integer beyond int64": (
+        "claims",
+        lambda t: replace_first(t, "injury_claim", "1e30"),
+        ["'injury_claim'", "'1e30'"],
+    ),
+    "id beyond the exact integers of float64": (
+        "claims",
+        lambda t: replace_first(t, "policy_id", "1e20"),
+        ["'policy_id'", "in [0, 9007199254740991]", "line 2: '1e20'"],
+    ),
+    "number beyond float32": ("claims", lambda t: replace_first(t, "vehicle_claim", "1e39"), ["'vehicle_claim'"]),
+    "infinite event time": (
+        "customers",
+        lambda t: replace_first(t.assign(event_time="100"), "event_time", "inf"),
+        ["'event_time'", "line 2: 'inf'"],
+    ),
+    "column given twice": (
+        "claims",
+        lambda t: pd.concat([t, 1 - t["fraud"].astype(int)], axis=1),
+        ["column 'fraud' appears 2 times in the header"],
+    ),
 }
+
+
+def replace_first(table: pd.DataFrame, column: str, value: str) -> pd.DataFrame:
+    """The table with the first row's `column` set to `value`."""
+    table = table.copy()
+    table.loc[0, column] = value
+    return table
 
 
 @pytest.mark.parametrize("case", list(BREAKS))
@@ -192,3 +220,62 @@ def test_iso_event_times_become_epoch_seconds(small: dict[str, pd.DataFrame], tm
     assert run(claims_path, customers_path, tmp_path / "out") == 0
     event_times = pd.read_csv(tmp_path / "out/features/customers.csv")["event_time"]
     assert (event_times == 1_704_067_200.0).all()
+
+
+def with_frauds(claims: pd.DataFrame, frauds: int) -> pd.DataFrame:
+    """The claims with the first `frauds` rows labelled fraud and the rest not."""
+    return claims.assign(fraud=["1"] * frauds + ["0"] * (len(claims) - frauds))
+
+
+TOO_FEW = {
+    "one row": lambda t: t.iloc[:1],
+    "two rows": lambda t: t.iloc[:2],
+    "no fraud": lambda t: with_frauds(t, 0),
+    "all fraud": lambda t: with_frauds(t, len(t)),
+    "two frauds": lambda t: with_frauds(t, 2),
+    "one fraud short of the minimum": lambda t: with_frauds(t, 5),
+}
+
+
+@pytest.mark.parametrize("case", list(TOO_FEW))
+def test_data_too_small_to_train_and_evaluate_is_refused(
+    case: str, small: dict[str, pd.DataFrame], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Train, validation and test each need both classes (train and evaluate refuse a split without them)."""
+    claims = TOO_FEW[case](small["claims"])
+    claims_path, customers_path = write({**small, "claims": claims}, tmp_path / "in")
+    assert run(claims_path, customers_path, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    frauds = int((claims["fraud"] == "1").sum())
+    assert err == (
+        f"preprocess: error: {claims_path}: column 'fraud': {frauds} fraud and {len(claims) - frauds} non-fraud "
+        "policies; each class needs at least 6 to be in train, validation and test "
+        "(validation fraction 0.15, test fraction 0.15)"
+    )
+    assert files_under(tmp_path / "out") == []
+
+
+def test_the_minimum_of_each_class_is_enough(small: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    claims_path, customers_path = write({**small, "claims": with_frauds(small["claims"], 6)}, tmp_path / "in")
+    assert run(claims_path, customers_path, tmp_path / "out") == 0
+    assert all(set(table["fraud"]) == {0, 1} for table in headered(tmp_path / "out").values())
+
+
+@pytest.mark.parametrize(("validation", "test"), [(0.15, 0.15), (0.1, 0.3), (0.3, 0.05), (0.45, 0.45)])
+def test_the_minimum_puts_both_classes_in_every_split(validation: float, test: float) -> None:
+    needed = preprocess.rows_needed_per_class(validation, test)
+    for frauds in (needed, needed + 1):
+        for others in [*range(needed, needed + 12), 100, 1_000, 10_001]:
+            for seed in (0, 42):
+                joined = pd.DataFrame({"policy_id": range(frauds + others), "fraud": [1] * frauds + [0] * others})
+                parts = preprocess.split(joined, validation, test, seed)
+                assert all(set(part["fraud"]) == {0, 1} for part in parts.values()), (frauds, others, seed)
+
+
+def test_outputs_are_all_or_nothing(small: dict[str, pd.DataFrame], small_disk, tmp_path: Path) -> None:
+    disk = small_disk(2048)
+    claims, customers = write(small, tmp_path / "in")
+    argv = ["--claims", str(claims), "--customers", str(customers), "--output-dir", str(disk / "out")]
+    first, rerun = [*argv, "--event-time", "0"], [*argv, "--event-time", "0", "--seed", "43"]
+    assert_outputs_survive_faults("processing/preprocess.py", disk, first, rerun, tmp_path / "marker")
+    assert sorted(outputs(disk)) == [f"out/{name}" for name in EXPECTED_FILES]
