@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -128,15 +129,19 @@ class FeatureStore(Section):
         return self
 
 
-def _training_hyperparameters() -> Any:
-    """training/hyperparameters.py from the checkout (it is the training container's code, not a package)."""
-    spec = importlib.util.spec_from_file_location("_training_hyperparameters", ROOT / "training" / "hyperparameters.py")
+def load_step_module(name: str, path: Path) -> Any:
+    """A step script of the checkout as a module (the step folders are the containers' code, not packages);
+    registered under `name`, so a script that imports a sibling finds it once that is loaded the same way."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-_TRAINING = _training_hyperparameters()
+_TRAINING = load_step_module("hyperparameters", ROOT / "training" / "hyperparameters.py")
 HYPERPARAMETERS = _TRAINING.HYPERPARAMETERS
 """Every hyperparameter's Spec: kind, default, bounds, whether it is tunable."""
 TUNABLE = _TRAINING.TUNABLE

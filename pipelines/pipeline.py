@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,7 +44,7 @@ from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import CacheConfig, ProcessingStep, Step, TuningStep
 from sagemaker.workflow.utilities import hash_files_or_dirs
 
-from pipelines.config import ROOT, Config, s3_key, s3_uri
+from pipelines.config import ROOT, Config, load_step_module, s3_key, s3_uri
 
 STAGING = Path("build/code")
 CONTAINER = "/opt/ml/processing"
@@ -80,12 +78,10 @@ def _digest(text: str) -> str:
 
 @functools.cache
 def _bias_script():
-    """processing/bias.py as a module: the builder makes the supplied baseline with its own layout function."""
-    spec = importlib.util.spec_from_file_location("_bias_step_script", ROOT / "processing" / "bias.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    """processing/bias.py as a module (with atomic_outputs, which it imports): the builder makes the supplied
+    baseline with its own layout function."""
+    load_step_module("atomic_outputs", ROOT / "processing" / "atomic_outputs.py")
+    return load_step_module("_bias_step_script", ROOT / "processing" / "bias.py")
 
 
 def _validated_once(validate):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,73 @@ def fill_up(mount: Path) -> None:
                 stream.write(b"\0" * 4096)
         except OSError:
             pass
+
+
+# Runs a step script (argv: marker file, script, its arguments) that hangs where it would move its first
+# `.partial.` output into place, once every output is written, after creating the marker file.
+HANG_BEFORE_MOVING = """
+import os, runpy, sys, time
+marker, script = sys.argv[1:3]
+replace = os.replace
+def hang(source, target, *args, **kwargs):
+    if ".partial." in os.fspath(source):
+        open(marker, "w").close()
+        time.sleep(600)
+    return replace(source, target, *args, **kwargs)
+os.replace = hang
+sys.argv = sys.argv[2:]
+sys.path.insert(0, os.path.dirname(script))
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def kill_mid_write(script: str, args: list[str], marker: Path) -> None:
+    """Run a step script and SIGKILL it once its outputs are written and none is moved into place yet."""
+    argv = [sys.executable, "-c", HANG_BEFORE_MOVING, str(marker), str(ROOT / script), *args]
+    process = subprocess.Popen(argv, cwd=ROOT.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert marker.exists(), f"{script} ended (code {process.returncode}) without writing a .partial. output"
+
+
+def outputs(disk: Path) -> dict[str, bytes]:
+    """The step outputs on a disk, by relative path (temporary .partial. files and the filler left out)."""
+    return {
+        p.relative_to(disk).as_posix(): p.read_bytes()
+        for p in files_under(disk)
+        if not p.name.startswith(".partial.") and p.name != "filler"
+    }
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, disk: Path, *reasons: str) -> None:
+    """Exit code 1 and one error line naming a path on the disk and one of the reasons (no traceback)."""
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(errors) == 1 and str(disk) in errors[0], result.stderr
+    assert any(reason in errors[0] for reason in reasons), errors[0]
+
+
+def assert_outputs_survive_faults(script: str, disk: Path, first: list[str], rerun: list[str], marker: Path) -> None:
+    """Run `script` with `first` into a small disk, then rerun it with `rerun` (other outputs) (b) with the disk
+    full and (c) killed mid-write: the first outputs stay byte-identical. Then a rerun with room replaces them
+    all, leaving no temporary file, and (a) a run on the disk made read-only keeps those. Failures are one-line
+    errors. (The disk fills first: the temporary files a killed run leaves would make room for the rerun's.)"""
+    assert run_script(script, *first).returncode == 0
+    before = outputs(disk)
+    fill_up(disk)
+    assert_one_line_error(run_script(script, *rerun), disk, "No space left on device")
+    assert outputs(disk) == before
+    (disk / "filler").unlink()
+    kill_mid_write(script, rerun, marker)
+    assert outputs(disk) == before
+    assert run_script(script, *rerun).returncode == 0
+    after = outputs(disk)
+    assert after.keys() >= before.keys() and after != before
+    assert not [p for p in files_under(disk) if p.name.startswith(".partial.")]
+    make_read_only(disk)
+    assert_one_line_error(run_script(script, *first), disk, "not writable", "Read-only file system")
+    assert outputs(disk) == after

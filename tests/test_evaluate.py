@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, files_under, run_script
-from test_train import FAULTS, outputs, rerun_with_fault
+from conftest import ROOT, assert_outputs_survive_faults, files_under, outputs, run_script
 
 import evaluate
 
@@ -209,18 +208,12 @@ def test_output_dir_under_a_file(trained: tuple[Path, str], splits: Path, tmp_pa
     ]
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-def test_failed_rerun_leaves_the_previous_evaluation_whole(
-    trained: tuple[Path, str], splits: Path, small_disk, fault: str
-) -> None:
+def test_outputs_are_all_or_nothing(trained: tuple[Path, str], splits: Path, small_disk, tmp_path: Path) -> None:
     disk = small_disk(512)
-    output = disk / "evaluation"
-    argv = ["--model", str(trained[0]), "--test", str(splits / "test"), "--output-dir", str(output)]
-    assert run_script("evaluation/evaluate.py", *argv).returncode == 0
-    before = outputs(output)
-    assert sorted(before) == OUTPUTS
-    rerun_with_fault(fault, disk, output, "evaluation/evaluate.py", *argv, "--threshold-method", "alert_rate")
-    assert outputs(output) == before
+    argv = ["--model", str(trained[0]), "--test", str(splits / "test"), "--output-dir", str(disk / "evaluation")]
+    rerun = [*argv, "--threshold-method", "alert_rate"]
+    assert_outputs_survive_faults("evaluation/evaluate.py", disk, argv, rerun, tmp_path / "marker")
+    assert sorted(outputs(disk)) == [f"evaluation/{name}" for name in OUTPUTS]
 
 
 GIB = 2**30

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import xgboost as xgb
 import yaml
-from conftest import ROOT, files_under, fill_up, make_read_only, run_script
+from conftest import ROOT, assert_outputs_survive_faults, files_under, outputs, run_script
 
 import train
 from features import FEATURES
@@ -347,70 +346,9 @@ def test_model_dir_under_a_file_fails_before_training(splits: Path, tmp_path: Pa
     assert "auc" not in result.stdout
 
 
-KILL_ON_SECOND_WRITE = """
-import os, pathlib, runpy, signal, sys
-
-script, target = sys.argv[1], pathlib.Path(sys.argv[2]).resolve()
-writes = 0
-
-
-def killing(write):
-    def wrapped(self, data, *args, **kwargs):
-        global writes
-        if target in pathlib.Path(self).resolve().parents:
-            writes += 1
-            if writes == 2:
-                write(self, data[: len(data) // 2], *args, **kwargs)
-                os.kill(os.getpid(), signal.SIGKILL)
-        return write(self, data, *args, **kwargs)
-
-    return wrapped
-
-
-pathlib.Path.write_bytes = killing(pathlib.Path.write_bytes)
-pathlib.Path.write_text = killing(pathlib.Path.write_text)
-sys.argv = [script, *sys.argv[3:]]
-sys.path.insert(0, os.path.dirname(script))
-runpy.run_path(script, run_name="__main__")
-"""
-"""Runs a step script that is killed (SIGKILL) halfway through the second file it writes under a directory."""
-
-FAULTS = ("read-only", "disk full", "killed mid-write")
-
-
-def outputs(directory: Path) -> dict[str, bytes]:
-    """The files under a directory by relative path, without the hidden temporary files of a killed run."""
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in files_under(directory)
-        if not p.name.startswith(".partial.")
-    }
-
-
-def rerun_with_fault(fault: str, mount: Path, output_dir: Path, script: str, *args: str) -> subprocess.CompletedProcess:
-    """Rerun a step script into `output_dir` on the `small_disk` `mount`, with one of FAULTS, and check how it
-    failed: killed, or a one-line error naming the output directory and a non-zero exit."""
-    if fault == "killed mid-write":
-        command = [sys.executable, "-c", KILL_ON_SECOND_WRITE, str(ROOT / script), str(output_dir), *args]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        assert result.returncode == -signal.SIGKILL, result.stderr
-        return result
-    (make_read_only if fault == "read-only" else fill_up)(mount)
-    result = run_script(script, *args)
-    assert result.returncode == 1
-    [line] = result.stderr.strip().splitlines()
-    assert line.startswith(f"{Path(script).stem}: error: {output_dir}")
-    return result
-
-
-@pytest.mark.parametrize("fault", FAULTS)
-def test_failed_rerun_leaves_the_previous_model_whole(splits: Path, small_disk, fault: str) -> None:
+def test_outputs_are_all_or_nothing(splits: Path, small_disk, tmp_path: Path) -> None:
     disk = small_disk(1024)
-    model_dir = disk / "model"
     argv = ["--train", str(splits / "train"), "--validation", str(splits / "validation")]
-    argv += ["--manifest", str(splits / "manifest"), "--model-dir", str(model_dir), "--num_round", "10"]
-    assert run_script("training/train.py", *argv).returncode == 0
-    before = outputs(model_dir)
-    assert sorted(before) == ["features.json", "xgboost-model.json"]
-    rerun_with_fault(fault, disk, model_dir, "training/train.py", *argv, "--seed", "43")
-    assert outputs(model_dir) == before
+    argv += ["--manifest", str(splits / "manifest"), "--model-dir", str(disk / "model"), "--num_round", "10"]
+    assert_outputs_survive_faults("training/train.py", disk, argv, [*argv, "--seed", "43"], tmp_path / "marker")
+    assert sorted(outputs(disk)) == ["model/features.json", "model/xgboost-model.json"]
