@@ -3,8 +3,8 @@
     python benchmarks/serving_latency.py [--rows 5000 --requests 2000 --clients 4 --max-seconds 20 --workers N]
 
 Generates raw data, runs preprocess.py and train.py on it as child processes, and starts serve.py as its own
-process on 127.0.0.1 (gunicorn when it is installed, else werkzeug's threaded server). Then, for each payload
-(a text/csv feature row of the test split; an application/json raw claim + customer record), it sends
+process on 127.0.0.1 (gunicorn's gevent workers when installed, else werkzeug's threaded server). Then, for each
+payload (a text/csv feature row of the test split; an application/json raw claim + customer record), it sends
 single-record requests, each on a new connection, first from one client, then from --clients threads at once,
 up to --requests per run or --max-seconds, and prints the p50 and p99 latency and the requests per second.
 Every reply must be a 200; asserts nothing else.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import itertools
 import os
 import subprocess
@@ -30,9 +29,10 @@ import pandas as pd
 from pipelines.synthetic_data import generate
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "serving")]
+sys.path[:0] = [str(ROOT / "serving"), str(ROOT / "processing")]
 
 from harness import call, running  # noqa: E402
+from serve import missing_server_packages  # noqa: E402
 
 WARMUP = 50
 
@@ -104,9 +104,10 @@ def load(address: tuple[str, int], content_type: str, bodies: list[str], request
 
 
 def server_name(workers: int) -> str:
-    if importlib.util.find_spec("gunicorn") is None:
-        return "werkzeug threaded server (gunicorn is not installed), 1 process"
-    return f"gunicorn {importlib.metadata.version('gunicorn')}, {workers} sync worker(s)"
+    missing = missing_server_packages()
+    if missing:
+        return f"werkzeug threaded server ({', '.join(missing)} not installed), 1 process"
+    return f"gunicorn {importlib.metadata.version('gunicorn')}, {workers} gevent worker(s)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ serve (`docker run IMAGE serve`)
     SAGEMAKER_PROGRAM inside env SAGEMAKER_SUBMIT_DIRECTORY (a directory, used in place, or a
     file:// or s3:// URI of sourcedir.tar.gz, extracted to /opt/ml/code); /opt/ml/model/code/serve.py
     (a model.tar.gz that carries its code). With none of them it exits 2 with a message saying so.
+    The project's server, serve.py (train.py copies it into model.tar.gz), is given `--model-dir /opt/ml/model
+    --host 0.0.0.0` wherever it comes from (its own default host is loopback); `serve`'s arguments follow.
 
 Outside a container, env SAGEMAKER_BASE_DIR replaces /opt/ml (as with the toolkit); tests use it.
 """
@@ -73,6 +75,8 @@ STANDARD_SAGEMAKER_HPS = {
     "sagemaker_s3_output",
     *RESERVED,
 }
+SERVER = "serve.py"
+"""The project's model server (serving/serve.py)."""
 FAILURE_LIMIT = 1024 * 16  # SageMaker shows the first 1024 characters as FailureReason
 STDERR_TAIL_LINES = 40
 
@@ -355,8 +359,8 @@ def train() -> int:
 
 def serving_code() -> tuple[Path, str]:
     """Where the serving program is: (its directory, its name)."""
-    if (CODE_DIR / "serve.py").is_file():
-        return CODE_DIR, "serve.py"
+    if (CODE_DIR / SERVER).is_file():
+        return CODE_DIR, SERVER
     program = os.environ.get("SAGEMAKER_PROGRAM")
     if program:
         submit = os.environ.get("SAGEMAKER_SUBMIT_DIRECTORY")
@@ -369,8 +373,8 @@ def serving_code() -> tuple[Path, str]:
                 return local, program  # e.g. /opt/ml/model/code, where the SDK repacks a model's code
         fetch_code(submit, CODE_DIR)  # an s3:// or local sourcedir.tar.gz
         return CODE_DIR, program
-    if (MODEL_CODE_DIR / "serve.py").is_file():
-        return MODEL_CODE_DIR, "serve.py"
+    if (MODEL_CODE_DIR / SERVER).is_file():
+        return MODEL_CODE_DIR, SERVER
     raise EntryError(
         f"no serving code: neither {CODE_DIR / 'serve.py'} nor {MODEL_CODE_DIR / 'serve.py'} exists and "
         "SAGEMAKER_PROGRAM is not set. Put serve.py in /opt/ml/code (mounted) or in the model's code/ "
@@ -383,7 +387,7 @@ def serve() -> int:
     try:
         code_dir, program = serving_code()
         args = sys.argv[1:]
-        if code_dir == MODEL_CODE_DIR:  # the model's own serve.py (train.py copies it into model.tar.gz)
+        if program == SERVER:  # SageMaker's contract: the model in /opt/ml/model, requests on every interface
             args = ["--model-dir", str(MODEL_DIR), "--host", "0.0.0.0", *args]
         command = program_command(code_dir, program, args)
     except EntryError as error:

@@ -169,14 +169,27 @@ def _registry_approve(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    """Serve a model directory (a run's model/, or the run folder itself), or a registered version."""
+    """Serve a model directory (a run's model/, or the run folder itself), or a registered version.
+
+    This process becomes the server (exec), so a signal to it reaches the server and nothing outlives it."""
     import json
     import os
-    import subprocess
     import tarfile
 
     from pipelines.config import ROOT
 
+    def threshold_in(value: object, where: str) -> float:
+        """A threshold read from a file: a number in [0, 1], else ValueError naming `where`."""
+        try:
+            number = float(value)  # the registry's metadata holds strings, evaluation.json numbers
+        except (TypeError, ValueError):
+            number = float("nan")
+        if isinstance(value, bool) or not 0 <= number <= 1:
+            raise ValueError(f"{where}: expected a number in [0, 1], got {value!r}")
+        return number
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: expected at least 1 worker process")
     threshold = args.threshold
     if args.model_package is not None:
         group, registry, state = _registry(args)
@@ -189,8 +202,10 @@ def _serve(args: argparse.Namespace) -> int:
         if not (model / "xgboost-model.json").is_file():
             with tarfile.open(archive) as tar:
                 tar.extractall(model, filter="data")
-        if threshold is None and "threshold" in package.get("CustomerMetadataProperties", {}):
-            threshold = float(package["CustomerMetadataProperties"]["threshold"])
+        metadata = package.get("CustomerMetadataProperties", {})
+        if threshold is None and "threshold" in metadata:
+            where = f"{package['ModelPackageArn']}: CustomerMetadataProperties.threshold"
+            threshold = threshold_in(metadata["threshold"], where)
             print(f"threshold {threshold} from {package['ModelPackageArn']}")
     else:
         model = args.model / "model" if (args.model / "model" / "xgboost-model.json").is_file() else args.model
@@ -198,7 +213,11 @@ def _serve(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.model}: no xgboost-model.json there (expected a run's model/ directory)")
         evaluation = model.parent / "evaluation" / "evaluation.json"
         if threshold is None and evaluation.is_file():
-            threshold = json.loads(evaluation.read_text())["threshold"]["value"]
+            try:
+                value = json.loads(evaluation.read_text())["threshold"]["value"]
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(f"{evaluation}: expected a JSON object with threshold.value ({error!r})") from None
+            threshold = threshold_in(value, f"{evaluation}: threshold.value")
             print(f"threshold {threshold} from {evaluation}")
     own_code = model / "code" / "serve.py"
     server = own_code if own_code.is_file() else ROOT / "serving" / "serve.py"
@@ -206,9 +225,10 @@ def _serve(args: argparse.Namespace) -> int:
     command = [sys.executable, str(server), "--model-dir", str(model), "--port", str(args.port), "--host", args.host]
     if threshold is not None:
         command += ["--threshold", str(threshold)]
-    if args.workers:
+    if args.workers is not None:
         command += ["--workers", str(args.workers)]
-    return subprocess.run(command, env={**os.environ, "PYTHONPATH": python_path}).returncode
+    sys.stdout.flush()
+    os.execve(sys.executable, command, {**os.environ, "PYTHONPATH": python_path})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--threshold", type=float, default=None, help="default: the run's evaluation.json")
-    serve.add_argument("--workers", type=int, default=None)
+    serve.add_argument("--workers", type=int, default=None, help="server processes, at least 1 (default: the CPUs)")
     serve.set_defaults(run=_serve)
 
     registry = commands.add_parser("registry", help="the local model registry (runs/local-aws/registry.json)")

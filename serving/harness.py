@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
+CHUNK = 64 * 1024
+"""Bytes per chunk of a chunked body."""
 
 
 class Reply(NamedTuple):
@@ -37,9 +39,13 @@ def call(
     accept: str | None = None,
     method: str = "POST",
     path: str = "/invocations",
+    chunked: bool = False,
 ) -> Reply:
-    """One HTTP request on a new connection (gunicorn's sync workers close each one after the response)."""
+    """One HTTP request on a new connection; `chunked`: the body with Transfer-Encoding: chunked (no Content-Length)."""
     headers = {name: value for name, value in (("Content-Type", content_type), ("Accept", accept)) if value}
+    if chunked:
+        data = body.encode() if isinstance(body, str) else body or b""
+        body = (data[start : start + CHUNK] for start in range(0, len(data), CHUNK))
     connection = http.client.HTTPConnection(*address, timeout=30)
     try:
         connection.request(method, path, body=body, headers=headers)
@@ -59,7 +65,8 @@ def free_port() -> int:
 def running(
     model_dir: Path, *args: str, script: Path | None = None, env: dict[str, str] | None = None, startup_s: float = 60
 ) -> Iterator[tuple[str, int]]:
-    """serve.py (gunicorn when installed) on 127.0.0.1 and a free port; yields (host, port) once /ping answers 200.
+    """serve.py (as its main() picks the server) on 127.0.0.1 and a free port; yields (host, port) once /ping
+    answers 200.
 
     `script`: a serve.py with its features.py beside it (a model's code/), else this repository's (with
     processing/ on PYTHONPATH). The server's output goes to this process's stderr."""
@@ -73,17 +80,22 @@ def running(
     command = [sys.executable, str(script), "--model-dir", str(model_dir), "--host", HOST, "--port", str(address[1])]
     child = subprocess.Popen([*command, *args], env=child_env)
     try:
-        deadline = time.monotonic() + startup_s
-        while not _ready(address):
-            if child.poll() is not None:
-                raise RuntimeError(f"serve.py exited with code {child.returncode} before answering /ping")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve.py did not answer /ping within {startup_s} s")
-            time.sleep(0.1)
+        wait_until_ready(child, address, startup_s)
         yield address
     finally:
         child.terminate()
         child.wait(timeout=60)
+
+
+def wait_until_ready(child: subprocess.Popen, address: tuple[str, int], startup_s: float = 60) -> None:
+    """Wait until the server that `child` started answers /ping with 200; RuntimeError if it exits or is late."""
+    deadline = time.monotonic() + startup_s
+    while not _ready(address):
+        if child.poll() is not None:
+            raise RuntimeError(f"the server exited with code {child.returncode} before answering /ping")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not answer /ping within {startup_s} s")
+        time.sleep(0.1)
 
 
 def _ready(address: tuple[str, int]) -> bool:
@@ -91,3 +103,19 @@ def _ready(address: tuple[str, int]) -> bool:
         return call(address, method="GET", path="/ping").status == 200
     except OSError:
         return False
+
+
+@contextmanager
+def stalled_connections(address: tuple[str, int], count: int = 2) -> Iterator[None]:
+    """`count` pairs of clients that stall: one connected and silent, one stopped halfway through its body."""
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 1000\r\n\r\n0,"
+    connections = []
+    try:
+        for _ in range(count):
+            connections.append(socket.create_connection(address))
+            connections.append(socket.create_connection(address))
+            connections[-1].sendall(head)
+        yield
+    finally:
+        for connection in connections:
+            connection.close()

@@ -17,8 +17,10 @@ and answers, per the Accept header, application/json (default) {"predictions": [
 Settings (flags win over the environment): --threshold / FRAUD_THRESHOLD (else 0.5, with a warning),
 --port / SAGEMAKER_BIND_TO_PORT (8080), --workers / SAGEMAKER_MODEL_SERVER_WORKERS (the CPU count),
 --timeout / SAGEMAKER_MODEL_SERVER_TIMEOUT (60 s), --max-payload-mb / SAGEMAKER_MAX_PAYLOAD_IN_MB (6 MiB,
-SageMaker's real-time payload limit). The server is gunicorn (sync workers, the model loaded once per
-worker) when it is installed, else werkzeug's threaded server, with a warning (for development only).
+SageMaker's real-time payload limit: a larger body, chunked or not, is refused whole with 413).
+The server is gunicorn with gevent workers (the model loaded once per worker; a worker reads many connections at
+once, so slow or idle clients hold no worker), else, when either is not installed, werkzeug's threaded server,
+with a warning (for development only). Errors quote request values escaped and cut short.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ DEFAULT_MAX_PAYLOAD_MB = 6
 CSV, JSON = "text/csv", "application/json"
 ACCEPTED = {"*/*": JSON, "application/*": JSON, JSON: JSON, "text/*": CSV, CSV: CSV}
 """Accept media ranges -> the response type they select."""
+MESSAGE_CHARS = 2000
+"""Characters of an error message (sent and logged) before it is cut."""
+SHOWN_CHARS = 80
+"""Characters of a request value that a message quotes."""
+SERVER_PACKAGES = ("gunicorn", "gevent")
+"""What the production server needs: gunicorn and its gevent workers."""
 
 
 class ModelError(Exception):
@@ -114,6 +122,30 @@ def read_features(model_dir: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------- request bodies
 
 
+def clip(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """`text` on one line (control characters escaped, as repr does) and cut after `limit` characters."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    more = len(text) - limit
+    return f"{escaped}... ({more} more characters)" if more > 0 else escaped
+
+
+def shown(value: object) -> str:
+    """A request value as a message quotes it: its repr, cut short."""
+    return clip(repr(value), SHOWN_CHARS)
+
+
+def read_body(max_bytes: int) -> bytes:
+    """The whole request body: 413 when it is over `max_bytes` (chunked or not), 400 when it ends before its
+    Content-Length (a client that stopped sending: gunicorn hands over what came)."""
+    body = request.get_data(cache=False)
+    if len(body) > max_bytes:
+        raise RequestEntityTooLarge()
+    expected = request.content_length
+    if expected is not None and len(body) < expected:
+        raise RequestError(400, f"the body ended after {len(body)} of the {expected} bytes of its Content-Length")
+    return body
+
+
 def _text(body: bytes) -> str:
     try:
         return body.decode("utf-8-sig")
@@ -122,6 +154,10 @@ def _text(body: bytes) -> str:
 
 
 def _number(value: str) -> float:
+    """A CSV value in decimal or scientific notation, else NaN. float() also reads 1_000 and non-ASCII digits,
+    refused here, and nan and inf, refused as not finite."""
+    if "_" in value or not value.isascii():
+        return np.nan
     try:
         return float(value)
     except ValueError:
@@ -143,13 +179,17 @@ def csv_matrix(body: bytes, names: list[str]) -> np.ndarray:
                 f"(the model's features in features.json's order: {names[0]}, ..., {names[-1]})",
             )
         matrix[i] = [_number(value) for value in row]
+    with np.errstate(over="ignore"):
+        matrix = matrix.astype(np.float32)  # beyond float32's range: inf
     bad = np.argwhere(~np.isfinite(matrix))
     if len(bad):
         i, j = bad[0]
         raise RequestError(
-            400, f"{CSV} row {i + 1}, column {j + 1} ({names[j]}): expected a finite number, got {rows[i][j]!r}"
+            400,
+            f"{CSV} row {i + 1}, column {j + 1} ({names[j]}): expected a finite number in decimal or scientific "
+            f"notation, within float32's range, got {shown(rows[i][j])}",
         )
-    return matrix.astype(np.float32)
+    return matrix
 
 
 def json_records(body: bytes) -> list[dict]:
@@ -158,6 +198,8 @@ def json_records(body: bytes) -> list[dict]:
         document = json.loads(_text(body))
     except ValueError as error:
         raise RequestError(400, f"invalid JSON: {error}") from None
+    except RecursionError:
+        raise RequestError(400, "invalid JSON: nested too deeply") from None
     records = document["instances"] if isinstance(document, dict) and "instances" in document else document
     if isinstance(records, dict):
         records = [records]
@@ -165,18 +207,26 @@ def json_records(body: bytes) -> list[dict]:
         raise RequestError(400, 'expected a JSON object, a non-empty list of objects, or {"instances": [...]}')
     for number, record in enumerate(records, 1):
         if not isinstance(record, dict):
-            raise RequestError(400, f"record {number}: expected a JSON object of columns, got {record!r:.80}")
+            raise RequestError(400, f"record {number}: expected a JSON object of columns, got {shown(record)}")
     return records
+
+
+def raw_value(value: object, number: int, key: str) -> str:
+    """A record's value as the contract's raw text (null: empty); arrays and objects are refused."""
+    if isinstance(value, list | dict):
+        kind = "an array" if isinstance(value, list) else "an object"
+        raise RequestError(400, f"record {number}, key {shown(key)}: expected a string, a number or null, got {kind}")
+    return "" if value is None else str(value)
 
 
 def json_features(records: list[dict], names: list[str]) -> tuple[np.ndarray, list[int]]:
     """Validate and encode raw records with features.py (as preprocessing does); the matrix and the policy ids."""
-    as_text = [{column: "" if value is None else str(value) for column, value in r.items()} for r in records]
+    as_text = [{key: raw_value(value, n, key) for key, value in record.items()} for n, record in enumerate(records, 1)]
     # validate() numbers rows as CSV lines (header = line 1); this index makes line N read as record N
     frame = pd.DataFrame(as_text, index=range(-1, len(records) - 1)).fillna("")
     extras = extra_columns(frame, RAW_SCHEMA)
     if extras:
-        log.warning("ignoring column(s) the contract does not know: %s", ", ".join(extras))
+        log.warning("ignoring column(s) the contract does not know: %s", clip(", ".join(map(shown, extras))))
     try:
         encoded = encode(validate(frame, RAW_SCHEMA, JSON_SOURCE, label=False), RAW_SCHEMA)
     except ContractError as error:
@@ -192,7 +242,7 @@ def response_type(accept: MIMEAccept) -> str:
         media = value.split(";")[0].strip().lower()
         if quality > 0 and media in ACCEPTED:
             return ACCEPTED[media]
-    raise RequestError(406, f"cannot answer Accept: {accept}; use {JSON} or {CSV}")
+    raise RequestError(406, f"cannot answer Accept: {shown(str(accept))}; use {JSON} or {CSV}")
 
 
 # ---------------------------------------------------------------------------------------- responses
@@ -225,7 +275,9 @@ def create_app(
 ) -> Flask:
     """The WSGI app. A model that fails to load is logged and answers 503 on /ping and /invocations."""
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = max_bytes
+    # one byte over the limit: werkzeug stops reading a chunked body (no Content-Length) there without a word,
+    # so a body that reaches it is over the limit, not cut at it
+    app.config["MAX_CONTENT_LENGTH"] = max_bytes + 1
     try:
         model, load_error = Model(model_dir, threads), None
     except ModelError as error:
@@ -243,7 +295,7 @@ def create_app(
         if model is None:
             raise RequestError(503, load_error)
         kind = response_type(request.accept_mimetypes)
-        body = request.get_data(cache=False)
+        body = read_body(max_bytes)
         if not body.strip():
             raise RequestError(400, f"empty body: send {CSV} feature rows or {JSON} records")
         if request.mimetype == CSV:
@@ -253,13 +305,14 @@ def create_app(
                 raise RequestError(415, model.raw_input_error)
             matrix, policy_ids = json_features(json_records(body), model.features)
             return predictions(model.predict(matrix), threshold, kind, policy_ids)
-        given = request.content_type or "none"
+        given = shown(request.content_type) if request.content_type else "none"
         raise RequestError(415, f"unsupported Content-Type: {given}; use {CSV} or {JSON}")
 
     @app.errorhandler(RequestError)
     def refused(error: RequestError) -> Response:
-        log.warning("%d: %s", error.status, error)
-        return json_response(error.status, {"error": str(error)})
+        message = clip(str(error))
+        log.warning("%d: %s", error.status, message)
+        return json_response(error.status, {"error": message})
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_error: RequestEntityTooLarge) -> Response:
@@ -280,6 +333,11 @@ def create_app(
 # ---------------------------------------------------------------------------------------- servers
 
 
+def missing_server_packages() -> list[str]:
+    """Those of SERVER_PACKAGES that are not installed (werkzeug's development server serves then)."""
+    return [name for name in SERVER_PACKAGES if importlib.util.find_spec(name) is None]
+
+
 def run_gunicorn(app_factory: Callable[[], Flask], options: dict) -> None:
     """gunicorn in this process; each worker calls `app_factory` once, after the fork."""
     from gunicorn.app.base import BaseApplication
@@ -296,7 +354,7 @@ def run_gunicorn(app_factory: Callable[[], Flask], options: dict) -> None:
 
 
 def run_werkzeug(app: Flask, host: str, port: int) -> None:
-    """werkzeug's threaded server: for development, where gunicorn is not installed."""
+    """werkzeug's threaded server: for development, where gunicorn or gevent is not installed."""
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log line per request
@@ -345,7 +403,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout",
         type=_bounded(int, 1, None, "a positive number of seconds (from --timeout or SAGEMAKER_MODEL_SERVER_TIMEOUT)"),
         default=env("SAGEMAKER_MODEL_SERVER_TIMEOUT", "60"),
-        help="seconds a gunicorn worker may spend on a request",
+        help="seconds a gunicorn worker may stay busy (on one request) before it is restarted",
     )
     parser.add_argument(
         "--max-payload-mb",
@@ -378,13 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     max_bytes = args.max_payload_mb * 2**20
     log.info("serving %s on %s:%d, threshold %s", args.model_dir, args.host, args.port, threshold)
-    if importlib.util.find_spec("gunicorn") is None:
-        log.warning("gunicorn is not installed: serving with werkzeug's development server (one process)")
+    missing = missing_server_packages()
+    if missing:
+        log.warning("%s not installed: serving with werkzeug's development server (one process)", ", ".join(missing))
         run_werkzeug(create_app(args.model_dir, threshold, max_bytes, cpus), args.host, args.port)
         return 0
     options = {
         "bind": f"{args.host}:{args.port}",
         "workers": args.workers,
+        # a slow or idle client holds a greenlet, not the worker (SageMaker's own containers put nginx in front)
+        "worker_class": "gevent",
         "timeout": args.timeout,
         "control_socket_disable": True,  # gunicorn >= 25.1 opens one under $HOME by default
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,  # heartbeats off the disk

@@ -200,6 +200,23 @@ def test_serve_falls_back_to_the_code_inside_the_model(tmp_path):
     assert f"model server in {model_code}" in done.stdout
 
 
+ARGV_SERVER = "import json, sys\nprint(json.dumps(sys.argv[1:]))\n"
+
+
+@pytest.mark.parametrize("where", ["code", "submit-directory", "model"])
+def test_serve_gives_the_project_server_the_model_and_all_interfaces_whichever_its_path(tmp_path, where):
+    """SageMaker sends requests to port 8080 of the container, so serve.py binds 0.0.0.0 there (its own default is
+    127.0.0.1), whether it comes from /opt/ml/code, SAGEMAKER_SUBMIT_DIRECTORY or the model's code/."""
+    directory = {"code": "code", "submit-directory": "source", "model": "model/code"}[where]
+    (tmp_path / directory).mkdir(parents=True)
+    (tmp_path / directory / "serve.py").write_text(ARGV_SERVER)
+    env = {"SAGEMAKER_PROGRAM": "serve.py", "SAGEMAKER_SUBMIT_DIRECTORY": str(tmp_path / directory)}
+    done = run_entry(tmp_path, "serve", "--workers", "2", env=env if where == "submit-directory" else None)
+    assert done.returncode == 0, done.stderr
+    argv = json.loads(done.stdout)
+    assert argv == ["--model-dir", str(tmp_path / "model"), "--host", "0.0.0.0", "--workers", "2"]
+
+
 def test_requirements_pin_exact_versions_within_the_project_ranges():
     """docker/requirements.txt pins every package exactly, and each pin is allowed by setup.cfg's
     install_requires, so the image runs what the project declares (the SDK stays out of the image)."""
@@ -441,15 +458,23 @@ def image():
     return IMAGE
 
 
-def docker_run(image: str, *args: str, volumes: dict | None = None, env: dict | None = None, timeout: int = 300):
-    command = ["docker", "run", "--rm"]
+def docker_command(
+    image: str, *args: str, volumes: dict | None = None, env: dict | None = None, options: tuple[str, ...] = ()
+) -> list[str]:
+    """`docker run --rm` with the mounts, the environment and any other `options`."""
+    command = ["docker", "run", "--rm", *options]
     if os.getuid() != 0:  # files written to the mounts stay removable by this user
         command += ["--user", f"{os.getuid()}:{os.getgid()}"]
     for host, container in (volumes or {}).items():
         command += ["-v", f"{host}:{container}"]
     for key, value in (env or {}).items():
         command += ["-e", f"{key}={value}"]
-    return subprocess.run([*command, image, *args], capture_output=True, text=True, timeout=timeout)
+    return [*command, image, *args]
+
+
+def docker_run(image: str, *args: str, volumes: dict | None = None, env: dict | None = None, timeout: int = 300):
+    command = docker_command(image, *args, volumes=volumes, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
 def opt_ml_mounts(base: Path) -> dict:
@@ -503,7 +528,7 @@ def test_image_passes_other_commands_through(image):
         "python",
         "-c",
         "import json, sys, importlib.metadata as m, xgboost, pandas, sklearn, smclarify, matplotlib, pyarrow, boto3,"
-        " flask, gunicorn;"
+        " flask, gevent, gunicorn;"
         "print(json.dumps({'python': sys.executable, 'version': list(sys.version_info[:2]),"
         " 'pins': {n: m.version(n) for n in ('pandas', 'numpy', 'scikit-learn', 'xgboost-cpu', 'smclarify')}}))",
     )
@@ -522,6 +547,39 @@ def test_image_serve_without_code_fails_clearly(image):
     done = docker_run(image, "serve")
     assert done.returncode == 2
     assert "no serving code" in done.stderr
+
+
+@pytest.mark.docker
+def test_image_serves_a_model_on_its_published_port_whatever_slow_clients_do(image, trained, splits, tmp_path):
+    """`docker run -p ... IMAGE serve` with serve.py in /opt/ml/code (as local mode mounts code) and a model in
+    /opt/ml/model: it answers from outside the container, also while idle and half-sent connections hold on."""
+    from harness import call, free_port, stalled_connections, wait_until_ready
+
+    code = tmp_path / "code"
+    code.mkdir()
+    for script in ("serving/serve.py", "processing/features.py"):
+        shutil.copy(ROOT / script, code)
+    with open(splits / "headered" / "test.csv") as file:
+        row = file.readlines()[1].split(",", 2)[2]  # policy_id, fraud, then the features
+    name, address = f"fraud-serve-test-{os.getpid()}", ("127.0.0.1", free_port())
+    command = docker_command(
+        image,
+        "serve",
+        volumes={trained[0]: "/opt/ml/model", code: "/opt/ml/code"},
+        env={"SAGEMAKER_MODEL_SERVER_WORKERS": 1},
+        options=("--name", name, "-p", f"{address[0]}:{address[1]}:8080"),
+    )
+    server = subprocess.Popen(command)
+    try:
+        wait_until_ready(server, address, startup_s=120)
+        with stalled_connections(address, 2):
+            assert call(address, method="GET", path="/ping").status == 200
+            reply = call(address, row, "text/csv")
+        assert reply.status == 200, reply.text
+        assert len(reply.json()["predictions"]) == 1
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        server.wait(timeout=60)
 
 
 @pytest.mark.docker

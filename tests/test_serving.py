@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import psutil
 import pytest
 import xgboost as xgb
 from flask import Flask
@@ -22,7 +25,7 @@ from werkzeug.serving import make_server
 
 import serve
 from features import FEATURES, KEY, LABEL
-from harness import ROOT, Reply, call, free_port, running
+from harness import ROOT, Reply, call, free_port, running, stalled_connections, wait_until_ready
 
 CASES = 6
 """Test-split policies scored in these tests."""
@@ -253,6 +256,72 @@ def test_csv_non_numeric_value(server: tuple[str, int], cases: list[Case], value
     assert_refused(reply, 400, "row 1, column 3 (num_witnesses)", f"got {value!r}")
 
 
+def with_value(case: Case, column: str, value: str) -> str:
+    """The case's CSV feature row with `value` in `column`."""
+    values = case.csv_row.split(",")
+    values[FEATURES.index(column)] = value
+    return ",".join(values)
+
+
+@pytest.mark.parametrize("value", ["1_000", "１２", "0x10", "1e39", "-3.5e38"])
+def test_csv_number_in_plain_notation_within_float32(server: tuple[str, int], cases: list[Case], value: str) -> None:
+    """Python's float() takes 1_000 and fullwidth digits; 1e39 is finite in float64 but not in float32."""
+    reply = call(server, with_value(cases[0], "vehicle_claim", value).encode(), "text/csv")
+    assert_refused(reply, 400, f"row 1, column {FEATURES.index('vehicle_claim') + 1} (vehicle_claim)", f"{value!r}")
+
+
+@pytest.mark.parametrize("value", [["Theft"], {"type": "Theft"}], ids=["list", "object"])
+def test_json_value_that_is_a_list_or_object(server: tuple[str, int], cases: list[Case], value: object) -> None:
+    records = [cases[0].record, {**cases[1].record, "incident_type": value}]
+    reply = call(server, json.dumps(records), "application/json")
+    assert_refused(reply, 400, "record 2", "'incident_type'", "a string, a number or null")
+
+
+def test_json_nested_too_deeply(server: tuple[str, int]) -> None:
+    depth = 100_000
+    assert_refused(call(server, "[" * depth + "]" * depth, "application/json"), 400, "invalid JSON")
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [("policy_id", 10**20), ("vehicle_claim", 1e39), ("injury_claim", "1_000")],
+    ids=["policy-id-beyond-int64", "claim-beyond-float32", "underscored-number"],
+)
+def test_json_value_the_contract_refuses(
+    server: tuple[str, int], cases: list[Case], column: str, value: object
+) -> None:
+    """Contract errors (features.py), not a wrapped policy id, an infinite feature or 1000."""
+    reply = call(server, json.dumps({**cases[0].record, column: value}), "application/json")
+    assert_refused(reply, 400, f"column '{column}'")
+
+
+@pytest.mark.parametrize("kind, length", [("csv", 100_000), ("json", 5_000_000)])
+def test_huge_invalid_value_is_cut_short_in_the_error_and_the_log(
+    server: tuple[str, int], cases: list[Case], kind: str, length: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(Python's csv module refuses fields over 128 KiB by itself.)"""
+    if kind == "csv":
+        reply = call(server, with_value(cases[0], "vehicle_claim", "x" * length), "text/csv")
+    else:
+        reply = call(server, json.dumps({**cases[0].record, "policy_state": "x" * length}), "application/json")
+    assert_refused(reply, 400, "xxxxxxxxxx")
+    assert len(reply.text) < 5_000
+    logged = [r.getMessage() for r in caplog.records if r.name == "serve"]
+    assert logged and all(len(message) < 5_000 for message in logged)
+
+
+def test_json_key_with_a_newline_forges_no_log_line(
+    server: tuple[str, int], cases: list[Case], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="serve")
+    forged = "note\n2026-01-01 00:00:00,000 serve ERROR forged"
+    reply = call(server, json.dumps({**cases[0].record, forged: 1}), "application/json")
+    assert reply.status == 200, reply.text
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "serve"]
+    assert "ignoring column(s)" in warning and "note\\n2026" in warning
+    assert "\n" not in warning
+
+
 def test_json_unknown_category(server: tuple[str, int], cases: list[Case]) -> None:
     records = [case.record for case in cases[:2]]
     records[1] = {**records[1], "policy_state": "TX"}
@@ -306,6 +375,40 @@ def test_body_too_large(model_dir: Path, cases: list[Case]) -> None:
     with serving(serve.create_app(model_dir, 0.5, max_bytes=4096)) as address:
         assert call(address, csv_body(cases), "text/csv").status == 200
         assert_refused(call(address, csv_body(cases * 20), "text/csv"), 413, "limit of 4096 bytes")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_over_the_limit_is_413_whether_or_not_its_length_is_sent(
+    model_dir: Path, cases: list[Case], expected: np.ndarray, chunked: bool, capfd: pytest.CaptureFixture
+) -> None:
+    """A body of exactly --max-payload-mb is scored whole; one byte more, or twice as much, is refused, never
+    scored in part (a chunked body has no Content-Length to check up front)."""
+    limit = 2**20
+    rows = csv_body(cases)
+    full = rows + "\n" * (limit - len(rows))  # blank lines are no rows
+    with running(model_dir, "--workers", "1", "--max-payload-mb", "1") as address:
+        np.testing.assert_array_equal(probabilities(call(address, full, "text/csv", chunked=chunked)), expected)
+        for body in (full + "\n", csv_body(cases * (2 * limit // len(rows)))):
+            assert_refused(call(address, body, "text/csv", chunked=chunked), 413, f"the limit of {limit} bytes")
+    assert f"413: the body is larger than the limit of {limit} bytes" in capfd.readouterr().err
+
+
+def test_body_shorter_than_its_content_length_is_refused(model_dir: Path, cases: list[Case]) -> None:
+    """A client that stops sending before its Content-Length (and half-closes) gets 400, not its rows scored."""
+    body = csv_body(cases).encode()
+    head = f"POST /invocations HTTP/1.1\r\nContent-Type: text/csv\r\nContent-Length: {len(body) + 100}\r\n\r\n"
+    with running(model_dir, "--workers", "1") as address, socket.create_connection(address, timeout=30) as client:
+        client.sendall(head.encode() + body)
+        client.shutdown(socket.SHUT_WR)
+        status = client.makefile("rb").readline()
+    assert status.startswith(b"HTTP/1.1 400 "), status
+
+
+def test_slow_clients_do_not_stall_the_server(model_dir: Path, cases: list[Case], expected: np.ndarray) -> None:
+    """Two idle and two half-sent connections to one worker, held longer than the client waits (30 s)."""
+    with running(model_dir, "--workers", "1", "--timeout", "600") as address, stalled_connections(address, 2):
+        assert call(address, method="GET", path="/ping").status == 200
+        np.testing.assert_array_equal(probabilities(call(address, csv_body(cases), "text/csv")), expected)
 
 
 @pytest.mark.parametrize("method, path, status", [("GET", "/invocations", 405), ("POST", "/predict", 404)])
@@ -367,12 +470,14 @@ def test_model_without_contract_features_scores_csv_only(
 def test_model_artifact_serves_with_its_own_code(
     splits: Path, cases: list[Case], expected: np.ndarray, tmp_path: Path
 ) -> None:
-    """train.py run from a staged source directory (train.py, serve.py, features.py, as the pipeline stages it)
+    """train.py run from a source directory staged as the pipeline stages it (training/*.py, serve.py, features.py)
     writes a model whose code/ serves it alone, as the container's `serve` runs it."""
+    from pipelines.pipeline import STAGED_WITH
+
     source, model = tmp_path / "source", tmp_path / "model"
     source.mkdir()
-    for script in ("training/train.py", "serving/serve.py", "processing/features.py"):
-        shutil.copy(ROOT / script, source)
+    for script in [*(ROOT / "training").glob("*.py"), *(ROOT / extra for extra in STAGED_WITH["training"])]:
+        shutil.copy(script, source)
     channels = ["--train", str(splits / "train"), "--validation", str(splits / "validation")]
     argv = [*channels, "--manifest", str(splits / "manifest"), "--model-dir", str(model), "--verbose", "0"]
     done = subprocess.run([sys.executable, str(source / "train.py"), *argv], capture_output=True, text=True)
@@ -385,35 +490,26 @@ def test_model_artifact_serves_with_its_own_code(
     np.testing.assert_array_equal(from_json, expected)
 
 
-def test_cli_serve_a_run_folder_with_its_threshold(model_dir: Path, cases: list[Case], tmp_path: Path) -> None:
-    """`fraud-pipeline serve --model runs/<id>`: the run's model, with the threshold of its evaluation.json."""
+def run_folder(model_dir: Path, tmp_path: Path, evaluation: str) -> Path:
+    """A run folder as `fraud-pipeline local` leaves it: model/ and evaluation/evaluation.json."""
     run = tmp_path / "run"
     shutil.copytree(model_dir, run / "model")
     (run / "evaluation").mkdir()
-    (run / "evaluation" / "evaluation.json").write_text(json.dumps({"threshold": {"value": 0.0, "method": "max_f1"}}))
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "serve",
-        "--model",
-        str(run),
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    child = subprocess.Popen(command)
+    (run / "evaluation" / "evaluation.json").write_text(evaluation)
+    return run
+
+
+def cli_serve(*args: str, **options) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", *args], **options)
+
+
+def test_cli_serve_a_run_folder_with_its_threshold(model_dir: Path, cases: list[Case], tmp_path: Path) -> None:
+    """`fraud-pipeline serve --model runs/<id>`: the run's model, with the threshold of its evaluation.json."""
+    run = run_folder(model_dir, tmp_path, json.dumps({"threshold": {"value": 0.0, "method": "max_f1"}}))
+    address = ("127.0.0.1", free_port())
+    child = cli_serve("--model", str(run), "--port", str(address[1]), "--workers", "1")
     try:
-        address = ("127.0.0.1", port)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if call(address, method="GET", path="/ping").status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_ready(child, address)
         reply = call(address, csv_body(cases[:1]), "text/csv")
         assert reply.status == 200, reply.text
         assert reply.json()["predictions"][0]["threshold"] == 0.0
@@ -421,6 +517,55 @@ def test_cli_serve_a_run_folder_with_its_threshold(model_dir: Path, cases: list[
     finally:
         child.terminate()
         child.wait(timeout=60)
+
+
+def test_cli_serve_stops_with_sigterm(model_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM to `fraud-pipeline serve` stops the server and its workers: nothing is left serving."""
+    run = run_folder(model_dir, tmp_path, json.dumps({"threshold": {"value": 0.5}}))
+    address = ("127.0.0.1", free_port())
+    child = cli_serve("--model", str(run), "--port", str(address[1]), "--workers", "1")
+    processes = [psutil.Process(child.pid)]
+    try:
+        wait_until_ready(child, address)
+        processes += processes[0].children(recursive=True)
+        assert len(processes) >= 2
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=60)
+        _, alive = psutil.wait_procs(processes, timeout=60)
+        assert not alive, f"still running after SIGTERM: {[p.cmdline() for p in alive]}"
+    finally:
+        for process in processes:
+            if process.is_running():
+                process.kill()
+
+
+@pytest.mark.parametrize(
+    "evaluation",
+    ["{}", '{"threshold": 0.5}', '{"threshold": {"value": "high"}}', '{"threshold": {"value": 2}}', "{not json"],
+    ids=["no-threshold", "not-an-object", "not-a-number", "out-of-range", "invalid-json"],
+)
+def test_cli_serve_with_a_bad_evaluation_threshold(model_dir: Path, tmp_path: Path, evaluation: str) -> None:
+    run = run_folder(model_dir, tmp_path, evaluation)
+    done = cli_serve("--model", str(run), "--port", str(free_port()), stderr=subprocess.PIPE, text=True)
+    _, err = done.communicate(timeout=60)
+    assert done.returncode == 1
+    assert len(err.strip().splitlines()) == 1, err
+    assert str(run / "evaluation" / "evaluation.json") in err and "threshold.value" in err
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_cli_serve_refuses_fewer_than_one_worker(model_dir: Path, tmp_path: Path, workers: str) -> None:
+    run = run_folder(model_dir, tmp_path, json.dumps({"threshold": {"value": 0.5}}))
+    child = cli_serve("--model", str(run), "--port", str(free_port()), "--workers", workers, stderr=subprocess.PIPE)
+    try:
+        _, err = child.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        server = psutil.Process(child.pid)
+        for process in [*server.children(recursive=True), server]:
+            process.kill()
+        pytest.fail(f"--workers {workers}: the server started")
+    assert child.returncode == 1
+    assert f"--workers {workers}" in err.decode() and "at least 1" in err.decode()
 
 
 def test_cli_serve_without_a_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
