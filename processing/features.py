@@ -1,7 +1,7 @@
 """The input data contract (../shared/DATA_CONTRACT.md) and the feature transforms.
 
 One module, used by preprocessing and by serving, so training and inference build features
-with the same code. It depends on pandas and numpy only.
+with the same code. It depends on pandas, numpy and pyarrow only.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import functools
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 KEY = "policy_id"
 LABEL = "fraud"
@@ -119,6 +121,13 @@ def normalise(value: pd.Series, column: str) -> pd.Series:
     return value
 
 
+def _distinct(values: pd.Series, column: str) -> tuple[np.ndarray, pd.Series]:
+    """Each row's code into the column's distinct values, and those values normalised: a category column has
+    a few distinct values, so the string work is done once per value, not once per row."""
+    codes, distinct = pd.factorize(values, use_na_sentinel=False)
+    return codes, normalise(pd.Series(distinct), column)
+
+
 def encode(table: pd.DataFrame, schema: dict[str, tuple[str, object]]) -> pd.DataFrame:
     """Turn a validated raw table into feature columns (key, event time and label kept when present)."""
     out = {}
@@ -129,15 +138,16 @@ def encode(table: pd.DataFrame, schema: dict[str, tuple[str, object]]) -> pd.Dat
         out[column] = table[column].to_numpy()
     for column, (_kind, _) in schema.items():
         if column in ORDINAL:
-            codes = {value: i for i, value in enumerate(ORDINAL[column])}
-            out[column] = normalise(table[column], column).map(codes).astype("int64").to_numpy()
+            codes, normalised = _distinct(table[column], column)
+            ranks = {value: i for i, value in enumerate(ORDINAL[column])}
+            out[column] = normalised.map(ranks).to_numpy(dtype="int64")[codes]
         elif column in ONE_HOT:
-            normalised = normalise(table[column], column)
+            codes, normalised = _distinct(table[column], column)
             for value in ONE_HOT[column]:
-                out[f"{column}_{value}"] = (normalised == value).astype("int64").to_numpy()
+                out[f"{column}_{value}"] = (normalised == value).to_numpy(dtype="int64")[codes]
     if LABEL in schema and LABEL in table:
         out[LABEL] = table[LABEL].to_numpy()
-    return pd.DataFrame(out, index=table.index)
+    return pd.DataFrame(out, index=table.index, copy=False)
 
 
 def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
@@ -168,18 +178,19 @@ def _canonical(column: str, allowed: tuple[str, ...]) -> dict[str, str]:
 
 def _parse_numbers(raw: pd.Series) -> pd.Series:
     """Numbers (float64) of stripped strings; NaN where a value is not plain decimal or scientific notation."""
-    return pd.to_numeric(raw.where(raw.str.fullmatch(NUMBER)), errors="coerce").astype("float64")
+    matched = pa.array(raw.where(raw.str.fullmatch(NUMBER)), type=pa.string(), from_pandas=True)
+    return pd.Series(pc.cast(matched, pa.float64()).to_numpy(zero_copy_only=False), index=raw.index)
 
 
 def _check_column(frame: pd.DataFrame, column: str, kind: str, allowed: object) -> tuple[pd.Series, str | None]:
     """Parse one raw string column; return the typed values and an error description or None."""
     raw = frame[column].str.strip()
     if kind == "category":
-        canonical = _canonical(column, tuple(allowed))
-        normalised = normalise(raw, column)
-        bad = ~normalised.isin(list(canonical))
+        codes, normalised = _distinct(raw, column)
+        spelt = normalised.map(_canonical(column, tuple(allowed)))
+        values = spelt.take(codes).set_axis(frame.index)
+        bad = values.isna()
         expected = f"one of {', '.join(allowed)}"
-        values = normalised.map(canonical)
     else:
         values = _parse_numbers(raw)
         low, high = allowed
@@ -246,7 +257,7 @@ def validate(
     errors = [e for e in errors if e]
     if errors:
         raise ContractError(f"{source}: " + "; ".join(errors))
-    return pd.DataFrame(typed, index=frame.index)
+    return pd.DataFrame(typed, index=frame.index, copy=False)
 
 
 def extra_columns(frame: pd.DataFrame, schema: dict[str, tuple[str, object]]) -> list[str]:

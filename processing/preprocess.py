@@ -10,9 +10,15 @@ Writes, under the output directory:
     features/claims.csv, features/customers.csv                 Feature Store tables (policy_id, event_time, ...)
     manifest/manifest.json                                      row counts, fraud rates, the ordered features
 
+The split: a policy's place is a hash of its policy_id keyed by --seed (SplitMix64 mixing, mapped to [0, 1));
+below the test fraction it goes to test, below test + validation fraction to validation, else to train. It depends
+on the id and the seed only, not on the other rows, so as data grows across retrains a policy keeps its split:
+model versions are compared on the same test policies and none trains on another's test policies. The split is
+not stratified; each split's fraud rate is in the manifest.
+
 Input that breaks the contract exits with code 2 and a message naming the file, the column and the
-offending rows, before anything is written. So does data with too few policies of a class to put both classes
-in train, validation and test (training and evaluation need them; rows_needed_per_class says how many). With
+offending rows, before anything is written. So does data whose split leaves train, validation or test without
+both classes (training and evaluation need them; the message gives each split's counts). With
 --data-version (the pipeline's DataVersion step), inputs whose fingerprint differs from it (the data changed
 since that step read it) exit with code 2 too.
 
@@ -25,13 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+import pyarrow as pa
+import pyarrow.csv as pcsv
 
 import atomic_outputs
 import data_version
@@ -51,6 +58,7 @@ from features import (
 log = logging.getLogger("preprocess")
 PROCESSING = Path("/opt/ml/processing")
 SPLITS = ("train", "validation", "test")
+QUOTED_NEWLINES = pcsv.ParseOptions(newlines_in_values=True)
 
 
 def resolve_input(path: Path, name: str) -> Path:
@@ -72,15 +80,15 @@ def resolve_input(path: Path, name: str) -> Path:
 def read_table(path: Path, name: str, schema: dict) -> pd.DataFrame:
     """Read a raw table as strings (so 'None' and 'N/A' stay categories) and validate it.
 
-    The header is read as a row, so a column named twice stays named twice (pandas would rename the second
-    'fraud' to 'fraud.1') and the contract refuses it."""
+    pyarrow's reader keeps a column named twice named twice (pandas would rename the second 'fraud' to
+    'fraud.1'), so the contract refuses it."""
     path = resolve_input(path, name)
+    as_text = pcsv.ConvertOptions(column_types=dict.fromkeys([*schema, EVENT_TIME], pa.large_string()))
     try:
-        frame = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, na_filter=False)
-        frame = frame.iloc[1:].set_axis(frame.iloc[0], axis="columns").set_axis(range(len(frame) - 1))
-    except pd.errors.EmptyDataError:
-        raise ContractError(f"{path}: the file is empty; expected a header row with: {', '.join(schema)}") from None
-    except (UnicodeDecodeError, pd.errors.ParserError) as error:
+        frame = pcsv.read_csv(path, convert_options=as_text, parse_options=QUOTED_NEWLINES).to_pandas()
+    except pa.ArrowInvalid as error:
+        if str(error) == "Empty CSV file":
+            raise ContractError(f"{path}: the file is empty; expected a header row with: {', '.join(schema)}") from None
         raise ContractError(f"{path}: not a readable CSV file ({error})") from None
     extras = extra_columns(frame, schema)
     if extras:
@@ -112,51 +120,48 @@ def latest_per_policy(table: pd.DataFrame, source: str) -> tuple[pd.DataFrame, i
 
 
 def join(claims: pd.DataFrame, customers: pd.DataFrame, claims_source: str) -> pd.DataFrame:
-    """One row per policy with claim and customer features; every claim must have its customer."""
+    """One row per claim, sorted by policy, with the claim's columns (its event_time too) and its customer's features;
+    every claim must have its customer."""
     orphans = ~claims[KEY].isin(customers[KEY])
     if orphans.any():
         rows = ", ".join(f"line {i + 2}: {p}" for i, p in claims.loc[orphans, KEY].head(5).items())
         raise ContractError(f"{claims_source}: column '{KEY}': {int(orphans.sum())} claim(s) have no customer; {rows}")
-    return claims.drop(columns=EVENT_TIME).merge(customers.drop(columns=EVENT_TIME), on=KEY, validate="one_to_one")
+    claims = claims.sort_values(KEY, kind="stable")
+    return claims.merge(customers.drop(columns=EVENT_TIME), on=KEY, validate="one_to_one")  # keeps the claims' order
 
 
-def rows_needed_per_class(validation_fraction: float, test_fraction: float) -> int:
-    """Rows of each class that put both classes in train, validation and test, however many the other class has.
-
-    A stratified train_test_split gives each of two classes its share of a part rounded to the nearest integer,
-    and rounds the part's size up. So a class of n rows has one in test when n * test > 1/2; the rest keeps
-    over n * (1 - test) - 3/2 of them, of which validation needs over 1/2 / v and train over 3/2 / (1 - v)
-    (v: validation's share of the rest). tests/test_preprocess.py checks the bound against the split itself.
-    """
-    share = validation_fraction / (1 - test_fraction)
-    rest = max(0.5 / share, 1.5 / (1 - share)) + 1.5
-    return max(math.floor(0.5 / test_fraction) + 1, math.ceil(rest / (1 - test_fraction)))
+def split_position(policy_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Each policy's place in [0, 1): a hash of its id keyed by the seed, so it depends on nothing else."""
+    key = _mix(np.array([seed % 2**64], dtype=np.uint64))
+    hashed = _mix(_mix(policy_ids.astype(np.uint64) ^ key) + key)
+    return (hashed >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def check_classes(joined: pd.DataFrame, validation_fraction: float, test_fraction: float, source: str) -> None:
-    """Refuse data that cannot give train, validation and test both classes (training and evaluation need them)."""
-    needed = rows_needed_per_class(validation_fraction, test_fraction)
-    frauds = int((joined[LABEL] == 1).sum())
-    others = len(joined) - frauds
-    if min(frauds, others) < needed:
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection of uint64 that spreads every input bit over the output (wrapping)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def split(joined: pd.DataFrame, validation_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """Each split's rows of `joined` (a boolean mask): test below test_fraction, validation below test +
+    validation fraction, train above (see the module docstring)."""
+    position = split_position(joined[KEY].to_numpy(), seed)
+    part = np.searchsorted([test_fraction, test_fraction + validation_fraction], position, side="right")
+    return {name: part == i for i, name in zip((2, 1, 0), SPLITS, strict=True)}
+
+
+def check_classes(labels: np.ndarray, parts: dict[str, np.ndarray], seed: int, source: str) -> None:
+    """Refuse a split without both classes in train, validation and test (training and evaluation need them)."""
+    counts = {name: (int(labels[rows].sum()), int((labels[rows] == 0).sum())) for name, rows in parts.items()}
+    lacking = [name for name, (frauds, others) in counts.items() if not frauds or not others]
+    if lacking:
+        shown = ", ".join(f"{name} {frauds} fraud and {others} non-fraud" for name, (frauds, others) in counts.items())
         raise ContractError(
-            f"{source}: column '{LABEL}': {frauds} fraud and {others} non-fraud policies; each class needs at least "
-            f"{needed} to be in train, validation and test (validation fraction {validation_fraction}, "
-            f"test fraction {test_fraction})"
+            f"{source}: column '{LABEL}': too few policies of a class to put both classes in train, validation "
+            f"and test with seed {seed}: {shown}; {' and '.join(lacking)} need(s) both"
         )
-
-
-def split(joined: pd.DataFrame, validation_fraction: float, test_fraction: float, seed: int) -> dict[str, pd.DataFrame]:
-    """Stratified train/validation/test split; each policy lands in exactly one split."""
-    joined = joined.sort_values(KEY, kind="stable").reset_index(drop=True)
-    rest, test = train_test_split(joined, test_size=test_fraction, random_state=seed, stratify=joined[LABEL])
-    train, validation = train_test_split(
-        rest, test_size=validation_fraction / (1 - test_fraction), random_state=seed, stratify=rest[LABEL]
-    )
-    return {
-        name: part.sort_values(KEY, kind="stable")
-        for name, part in zip(SPLITS, (train, validation, test), strict=False)
-    }
 
 
 def check_data_version(args: argparse.Namespace) -> None:
@@ -174,37 +179,45 @@ def check_data_version(args: argparse.Namespace) -> None:
         )
 
 
-def prepare(args: argparse.Namespace) -> tuple[dict[Path, pd.DataFrame | dict], dict]:
+def load(path: Path, name: str, schema: dict, event_time: float) -> tuple[pd.DataFrame, int]:
+    """A raw table read, validated, deduplicated (latest event_time) and encoded; and the duplicate rows dropped."""
+    raw, dropped = latest_per_policy(read_table(path, name, schema), str(path))
+    if EVENT_TIME not in raw:
+        raw[EVENT_TIME] = event_time
+    return compact(encode(raw, schema)), dropped
+
+
+def prepare(args: argparse.Namespace) -> tuple[dict[Path, pa.Table | dict], dict]:
     """Everything the step writes, computed in memory: {relative path: table or JSON document}."""
     check_data_version(args)
-    claims_raw = read_table(args.claims, "claims", CLAIMS_SCHEMA)
-    customers_raw = read_table(args.customers, "customers", CUSTOMERS_SCHEMA)
-    claims_raw, claims_dropped = latest_per_policy(claims_raw, str(args.claims))
-    customers_raw, customers_dropped = latest_per_policy(customers_raw, str(args.customers))
     event_time = float(args.event_time if args.event_time is not None else round(time.time()))
-    for table in (claims_raw, customers_raw):
-        if EVENT_TIME not in table:
-            table[EVENT_TIME] = event_time
-    claims = encode(claims_raw, CLAIMS_SCHEMA)
-    customers = encode(customers_raw, CUSTOMERS_SCHEMA)
+    claims, claims_dropped = load(args.claims, "claims", CLAIMS_SCHEMA, event_time)
+    customers, customers_dropped = load(args.customers, "customers", CUSTOMERS_SCHEMA, event_time)
+    claim_columns = list(claims.columns)
     joined = join(claims, customers, str(args.claims))
-    check_classes(joined, args.validation_fraction, args.test_fraction, str(args.claims))
+    del claims  # joined holds every claim, sorted; dropping it now keeps the peak memory down
     parts = split(joined, args.validation_fraction, args.test_fraction, args.seed)
+    labels = joined[LABEL].to_numpy()
+    check_classes(labels, parts, args.seed, str(args.claims))
 
-    outputs: dict[Path, pd.DataFrame | dict] = {}
-    for name, part in parts.items():
-        outputs[Path(name) / f"{name}.csv"] = part[[LABEL, *FEATURES]]
-        outputs[Path("headered") / f"{name}.csv"] = part[[KEY, LABEL, *FEATURES]]
-    outputs[Path("features/claims.csv")] = claims.sort_values(KEY, kind="stable")
-    outputs[Path("features/customers.csv")] = customers.sort_values(KEY, kind="stable")
+    table = pa.Table.from_pandas(joined, preserve_index=False)
+    outputs: dict[Path, pa.Table | dict] = {}
+    for name, rows in parts.items():
+        outputs[Path("headered") / f"{name}.csv"] = table.filter(rows).select([KEY, LABEL, *FEATURES])
+        outputs[Path(name) / f"{name}.csv"] = outputs[Path("headered") / f"{name}.csv"].drop_columns(KEY)
+    outputs[Path("features/claims.csv")] = table.select(claim_columns)
+    outputs[Path("features/customers.csv")] = pa.Table.from_pandas(
+        customers.sort_values(KEY, kind="stable"), preserve_index=False
+    )
     manifest = {
         "features": FEATURES,
         "label": LABEL,
         "splits": {
-            name: {"rows": len(part), "fraud_rate": round(float(part[LABEL].mean()), 6)} for name, part in parts.items()
+            name: {"rows": int(rows.sum()), "fraud_rate": round(float(labels[rows].mean()), 6)}
+            for name, rows in parts.items()
         },
         "inputs": {
-            "claims": {"rows": len(claims) + claims_dropped, "duplicates_dropped": claims_dropped},
+            "claims": {"rows": len(joined) + claims_dropped, "duplicates_dropped": claims_dropped},
             "customers": {"rows": len(customers) + customers_dropped, "duplicates_dropped": customers_dropped},
         },
         "seed": args.seed,
@@ -217,15 +230,36 @@ def prepare(args: argparse.Namespace) -> tuple[dict[Path, pd.DataFrame | dict], 
     return outputs, manifest
 
 
-def writer(relative: Path, content: pd.DataFrame | dict) -> atomic_outputs.Writer:
+def writer(relative: Path, content: pa.Table | dict) -> atomic_outputs.Writer:
     """The writer of one output: JSON, or CSV with a header except in the bare splits XGBoost reads."""
     if isinstance(content, dict):
         return atomic_outputs.text_writer(json.dumps(content, indent=2) + "\n")
-    header = relative.parts[0] not in SPLITS
-    return lambda path: content.to_csv(path, index=False, header=header, lineterminator="\n")
+    options = pcsv.WriteOptions(
+        include_header=relative.parts[0] not in SPLITS, quoting_style="none", quoting_header="none"
+    )
+
+    def write_csv(path: Path) -> None:
+        with open(path, "wb") as file:
+            pcsv.write_csv(content, file, options)
+
+    return write_csv
 
 
-def write_outputs(outputs: dict[Path, pd.DataFrame | dict], output_dir: Path) -> None:
+def compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame in the form its CSV is written from, in less memory: each float column as the text pandas' to_csv
+    writes (Python's repr: '0.0', '1e-05'), formatted once per distinct value (by its bits, so -0.0 stays); each
+    integer column in the smallest integer type that holds its values (the text is the same)."""
+    for name in frame.columns[frame.dtypes == np.float64]:
+        codes, distinct = pd.factorize(frame[name].to_numpy().view(np.int64))
+        text = pa.array([repr(value) for value in distinct.view(np.float64).tolist()]).take(codes)
+        frame[name] = text.to_pandas().set_axis(frame.index)
+    for name in frame.columns[frame.dtypes == np.int64]:
+        values = frame[name].to_numpy()
+        frame[name] = values.astype(np.result_type(np.min_scalar_type(values.min()), np.min_scalar_type(values.max())))
+    return frame
+
+
+def write_outputs(outputs: dict[Path, pa.Table | dict], output_dir: Path) -> None:
     """Write every output, all or nothing (atomic_outputs): a failure leaves the previous outputs whole."""
     atomic_outputs.write_all(
         {output_dir / relative: writer(relative, content) for relative, content in outputs.items()}
