@@ -112,7 +112,8 @@ def test_first_execution_runs_every_step_type_and_registers_the_best_job(first, 
     analysis = json.loads((first.run_dir / "bias" / "analysis.json").read_text())
     assert "customer_gender_female" in analysis["pre_training_bias_metrics"]["facets"]
     assert (first.run_dir / "model" / "xgboost-model.json").is_file()
-    assert json.loads((first.run_dir / "manifest.json").read_text())["splits"]["test"]["rows"] == ROWS * 0.15
+    test_rows = json.loads((first.run_dir / "manifest.json").read_text())["splits"]["test"]["rows"]
+    assert abs(test_rows - ROWS * 0.15) < 4 * (ROWS * 0.15 * 0.85) ** 0.5  # the hash split's 0.15, within 4 sigma
 
     [header, row] = registry_lines(runs, "list")
     assert header.split()[:2] == ["version", "status"]
