@@ -11,13 +11,16 @@ Writes, under the output directory:
                                   plus the decision threshold, recall at the top 5% of scores, test rows and fraud rate
     roc_curve.png, precision_recall_curve.png
 
-The threshold is picked on the test scores: max_f1 (the F1-maximising score) or alert_rate (flag the
-highest-scoring `--alert-rate` of claims). Standard deviations come from 200 bootstrap resamples of the
-test rows (seed 0) at that fixed threshold. The output depends only on the inputs.
+The threshold is chosen on the validation split, never on the test rows: on the validation labels and scores
+train.py saves beside the model (validation_scores.csv, scored by the model trained on the train split alone,
+before its refit on train + validation): max_f1 (the F1-maximising score) or alert_rate (flag the
+highest-scoring `--alert-rate` of claims). The test metrics are reported at it; evaluation.json's `threshold`
+says how and where it was chosen and the share of test rows it flags. Standard deviations come from 200
+bootstrap resamples of the test rows (seed 0) at that fixed threshold. The output depends only on the inputs.
 
-Inputs: the model is a model directory (xgboost-model.json, else model.tar.gz in it) or a model.tar.gz (gzip or
-plain tar) as SageMaker writes it; an archive is streamed, and refused once it unpacks to more than
-MAX_ARCHIVE_MIB MiB or holds more than MAX_ARCHIVE_ENTRIES entries (a real one holds a few small files).
+Inputs: the model is a model directory (xgboost-model.json and validation_scores.csv, else model.tar.gz in it) or
+a model.tar.gz (gzip or plain tar) as SageMaker writes it; an archive is streamed, and refused once it unpacks to
+more than MAX_ARCHIVE_MIB MiB or holds more than MAX_ARCHIVE_ENTRIES entries (a real one holds a few small files).
 The test data is the CSV file given, or a directory's test.csv (what preprocess writes); other files in the
 directory are ignored.
 
@@ -49,6 +52,8 @@ import atomic_outputs
 
 PROCESSING = Path("/opt/ml/processing")
 MODEL_FILE = "xgboost-model.json"
+SCORES_FILE = "validation_scores.csv"
+"""Beside the model (train.py writes it): the validation split's labels and scores, which the threshold is chosen on."""
 TEST_FILE = "test.csv"
 MAX_ARCHIVE_MIB = 128
 """The most a model archive may unpack to; a real model.tar.gz holds well under 1 MiB (34 KB for the default model)."""
@@ -76,9 +81,10 @@ class _Bounded:
         return data
 
 
-def _model_bytes_from_tar(path: Path) -> bytes:
-    """xgboost-model.json from a model.tar.gz as SageMaker writes it (the model directory's contents), streamed
-    within MAX_ARCHIVE_MIB and MAX_ARCHIVE_ENTRIES."""
+def _members_from_tar(path: Path) -> dict[str, bytes]:
+    """MODEL_FILE and SCORES_FILE from a model.tar.gz as SageMaker writes it (the model directory's contents),
+    streamed within MAX_ARCHIVE_MIB and MAX_ARCHIVE_ENTRIES."""
+    found: dict[str, bytes] = {}
     try:
         with path.open("rb") as raw:
             gzipped = raw.read(2) == b"\x1f\x8b"
@@ -88,22 +94,51 @@ def _model_bytes_from_tar(path: Path) -> bytes:
                 for count, member in enumerate(archive, 1):
                     if count > MAX_ARCHIVE_ENTRIES:
                         raise InputError(f"{path}: refused: the archive holds more than {MAX_ARCHIVE_ENTRIES} entries")
-                    if member.isfile() and member.name.removeprefix("./") == MODEL_FILE:
+                    name = member.name.removeprefix("./")
+                    if member.isfile() and name in (MODEL_FILE, SCORES_FILE):
                         if member.size > stream.left:
                             raise InputError(
-                                f"{path}: refused: its {MODEL_FILE} is {member.size} bytes, more than the archive "
+                                f"{path}: refused: its {name} is {member.size} bytes, more than the archive "
                                 f"may unpack to ({MAX_ARCHIVE_MIB} MiB)"
                             )
-                        return archive.extractfile(member).read()
+                        found[name] = archive.extractfile(member).read()
+                        if len(found) == 2:
+                            return found
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         raise InputError(f"{path}: not a readable model archive ({error})") from None
-    raise InputError(f"{path}: the archive holds no {MODEL_FILE}")
+    missing = MODEL_FILE if MODEL_FILE not in found else SCORES_FILE
+    raise InputError(f"{path}: the archive holds no {missing}")
 
 
-def load_model(path: Path) -> xgb.Booster:
-    """A model directory (xgboost-model.json, or a model.tar.gz in it) or a model.tar.gz file."""
+def _read_scores(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """SCORES_FILE's labels and scores: header fraud,score, then a 0/1 label and a score in [0, 1] a line, both
+    labels present."""
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    if not lines or lines[0] != "fraud,score":
+        raise InputError(f"{where}: expected the header 'fraud,score'")
+    labels, scores = [], []
+    for number, line in enumerate(lines[1:], 2):
+        label, _, score = line.partition(",")
+        try:
+            value = float(score)
+        except ValueError:
+            value = -1.0
+        if label not in ("0", "1") or not 0 <= value <= 1:
+            raise InputError(f"{where}: line {number}: expected a label 0 or 1 and a score in [0, 1], got {line!r}")
+        labels.append(int(label))
+        scores.append(value)
+    if len(set(labels)) < 2:
+        raise InputError(f"{where}: needs both labels 0 and 1 to choose a threshold on")
+    return np.array(labels), np.array(scores, dtype=np.float32)
+
+
+def load_model(path: Path) -> tuple[xgb.Booster, np.ndarray, np.ndarray]:
+    """The booster and the validation labels and scores (SCORES_FILE) of a model directory (xgboost-model.json
+    beside SCORES_FILE, or a model.tar.gz in it) or a model.tar.gz file."""
     if path.is_dir():
         if (path / MODEL_FILE).is_file():
+            if not (path / SCORES_FILE).is_file():
+                raise InputError(f"{path}: holds no {SCORES_FILE} (train.py's validation scores) beside {MODEL_FILE}")
             path = path / MODEL_FILE
         elif (path / "model.tar.gz").is_file():
             path = path / "model.tar.gz"
@@ -111,13 +146,18 @@ def load_model(path: Path) -> xgb.Booster:
             raise InputError(f"{path}: holds neither {MODEL_FILE} nor model.tar.gz")
     if not path.is_file():
         raise InputError(f"{path}: model not found")
-    raw = path.read_bytes() if path.name == MODEL_FILE else _model_bytes_from_tar(path)
+    if path.name == MODEL_FILE:
+        files = {MODEL_FILE: path.read_bytes(), SCORES_FILE: (path.parent / SCORES_FILE).read_bytes()}
+        where = str(path.parent / SCORES_FILE)
+    else:
+        files = _members_from_tar(path)
+        where = f"{path}: {SCORES_FILE}"
     booster = xgb.Booster()
     try:
-        booster.load_model(bytearray(raw))
+        booster.load_model(bytearray(files[MODEL_FILE]))
     except xgb.core.XGBoostError as error:
         raise InputError(f"{path}: not an XGBoost model ({str(error).splitlines()[0]})") from None
-    return booster
+    return booster, *_read_scores(files[SCORES_FILE], where)
 
 
 def read_test(path: Path) -> tuple[np.ndarray, np.ndarray, Path]:
@@ -202,9 +242,9 @@ def bootstrap_std(labels: np.ndarray, scores: np.ndarray, threshold: float) -> d
     return {name: float(np.std([s[name] for s in samples], ddof=1)) for name in samples[0]}
 
 
-def evaluate(labels: np.ndarray, scores: np.ndarray, method: str, alert_rate: float) -> dict:
-    """The evaluation.json document."""
-    threshold = pick_threshold(labels, scores, method, alert_rate)
+def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: dict) -> dict:
+    """The evaluation.json document of the test labels and scores at `threshold` (pick_threshold's)."""
+    threshold = dict(threshold)
     values = metrics(labels, scores, threshold["value"])
     std = bootstrap_std(labels, scores, threshold["value"])
     tn, fp, fn, tp = counts(labels, scores >= threshold["value"])
@@ -279,7 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     """Check the inputs and the output directory, then evaluate and write the outputs."""
     atomic_outputs.check_directory(args.output_dir)
-    booster = load_model(args.model)
+    booster, validation_labels, validation_scores = load_model(args.model)
     labels, features, test_file = read_test(args.test)
     if features.shape[1] != booster.num_features():
         raise InputError(
@@ -287,7 +327,9 @@ def run(args: argparse.Namespace) -> None:
             f"but the model expects {booster.num_features()}"
         )
     scores = booster.predict(xgb.DMatrix(features, feature_names=booster.feature_names))
-    document = evaluate(labels, scores, args.threshold_method, args.alert_rate)
+    threshold = pick_threshold(validation_labels, validation_scores, args.threshold_method, args.alert_rate)
+    threshold.update(chosen_on="validation", validation_rows=len(validation_labels))
+    document = evaluate(labels, scores, threshold)
     images = plots(labels, scores, document)
     outputs = {
         args.output_dir / "evaluation.json": atomic_outputs.text_writer(

@@ -13,7 +13,9 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import xgboost as xgb
 from conftest import ROOT, assert_outputs_survive_faults, files_under, outputs, run_script
 
 import evaluate
@@ -74,28 +76,61 @@ def test_writes_model_quality_document_and_plots(evaluated: Path, splits: Path) 
     assert 0 <= report["recall_at_top_5_percent"]["value"] <= 1
 
 
-def test_auc_on_validation_equals_the_one_training_reported(
-    trained: tuple[Path, str], splits: Path, tmp_path: Path
+def validation_scores(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    table = pd.read_csv(model_dir / evaluate.SCORES_FILE)
+    return table["fraud"].to_numpy(), table["score"].to_numpy(np.float32)
+
+
+def test_threshold_is_chosen_on_validation_not_on_test_rows(
+    trained: tuple[Path, str], splits: Path, evaluated: Path, tmp_path: Path
 ) -> None:
-    assert run(trained[0], splits / "validation/validation.csv", tmp_path) == 0
-    reported = json.loads((trained[0] / "features.json").read_text())["metrics"]["validation:auc"]
-    assert document(tmp_path)["binary_classification_metrics"]["auc"]["value"] == pytest.approx(reported, abs=1e-5)
+    """The threshold is the max-F1 one of train.py's validation scores; other test labels leave it unchanged."""
+    threshold = document(evaluated)["threshold"]
+    labels, scores = validation_scores(trained[0])
+    assert threshold["value"] == evaluate.pick_threshold(labels, scores, "max_f1", 0.05)["value"]
+    assert threshold["chosen_on"] == "validation"
+    assert threshold["validation_rows"] == len(labels)
+    rows = np.loadtxt(splits / "test/test.csv", delimiter=",", dtype=str)
+    rows[:, 0] = np.where(rows[:, 0] == "1", "0", "1")
+    np.savetxt(tmp_path / "flipped.csv", rows, delimiter=",", fmt="%s")
+    assert run(trained[0], tmp_path / "flipped.csv", tmp_path / "out") == 0
+    assert document(tmp_path / "out")["threshold"] == {**threshold, "flagged_fraction": threshold["flagged_fraction"]}
+    assert document(tmp_path / "out")["binary_classification_metrics"]["auc"]["value"] < 0.5
+
+
+def test_test_metrics_are_reported_at_that_threshold(trained: tuple[Path, str], splits: Path, evaluated: Path) -> None:
+    report = document(evaluated)
+    rows = np.loadtxt(splits / "test/test.csv", delimiter=",", dtype=np.float32)
+    booster = xgb.Booster(model_file=str(trained[0] / evaluate.MODEL_FILE))
+    flagged = (
+        booster.predict(xgb.DMatrix(rows[:, 1:], feature_names=booster.feature_names)) >= report["threshold"]["value"]
+    )
+    fraud = rows[:, 0] == 1
+    matrix = report["binary_classification_metrics"]["confusion_matrix"]
+    assert matrix == {
+        "0": {"0": int(np.sum(~flagged & ~fraud)), "1": int(np.sum(flagged & ~fraud))},
+        "1": {"0": int(np.sum(~flagged & fraud)), "1": int(np.sum(flagged & fraud))},
+    }
+    assert report["threshold"]["flagged_fraction"] == pytest.approx(flagged.mean(), abs=1e-6)
 
 
 def test_alert_rate_flags_that_share(trained: tuple[Path, str], splits: Path, evaluated: Path, tmp_path: Path) -> None:
+    """The top 10% of the validation scores (more where scores tie): about 10% of the test rows."""
     assert run(trained[0], splits / "test", tmp_path, "--threshold-method", "alert_rate", "--alert-rate", "0.1") == 0
     report = document(tmp_path)
     matrix = report["binary_classification_metrics"]["confusion_matrix"]
     flagged = (matrix["0"]["1"] + matrix["1"]["1"]) / report["test_rows"]
+    labels, scores = validation_scores(trained[0])
     assert report["threshold"] == {
-        "value": report["threshold"]["value"],
+        "value": evaluate.pick_threshold(labels, scores, "alert_rate", 0.1)["value"],
         "method": "alert_rate",
         "alert_rate": 0.1,
+        "chosen_on": "validation",
+        "validation_rows": len(labels),
         "flagged_fraction": pytest.approx(flagged, abs=1e-6),
     }
-    assert flagged == pytest.approx(0.1, abs=0.005)
-    best_f1 = document(evaluated)["binary_classification_metrics"]["f1"]["value"]
-    assert report["binary_classification_metrics"]["f1"]["value"] <= best_f1
+    assert np.mean(scores > report["threshold"]["value"]) < 0.1 <= np.mean(scores >= report["threshold"]["value"])
+    assert flagged == pytest.approx(0.1, abs=0.03)
     assert report["binary_classification_metrics"]["auc"] == document(evaluated)["binary_classification_metrics"]["auc"]
 
 
@@ -135,10 +170,21 @@ def broken(case: str, trained: tuple[Path, str], splits: Path, tmp_path: Path) -
         model = tmp_path / "model.tar.gz"
         with tarfile.open(model, "w:gz") as archive:
             archive.add(trained[0] / "features.json", arcname="features.json")
+    elif case in ("directory without validation scores", "tar without validation scores", "bad validation scores"):
+        model = tmp_path / "model"
+        shutil.copytree(trained[0], model)
+        if case == "bad validation scores":
+            scores = (model / evaluate.SCORES_FILE).read_text().splitlines()
+            (model / evaluate.SCORES_FILE).write_text("\n".join([*scores[:2], "2,0.5", *scores[3:]]) + "\n")
+        else:
+            (model / evaluate.SCORES_FILE).unlink()
+        if case == "tar without validation scores":
+            model = model_tar(model, tmp_path / "model.tar.gz")
     elif case == "not a model":
         model = tmp_path / "model"
         model.mkdir()
         (model / "xgboost-model.json").write_text('{"learner": 1}')
+        shutil.copy(trained[0] / evaluate.SCORES_FILE, model)
     elif case == "empty test":
         test = tmp_path / "test.csv"
         test.write_bytes(b"")
@@ -161,6 +207,9 @@ def broken(case: str, trained: tuple[Path, str], splits: Path, tmp_path: Path) -
         ("missing model", "absent: model not found"),
         ("corrupt tar", "model.tar.gz: not a readable model archive"),
         ("tar without model", "model.tar.gz: the archive holds no xgboost-model.json"),
+        ("directory without validation scores", "model: holds no validation_scores.csv"),
+        ("tar without validation scores", "model.tar.gz: the archive holds no validation_scores.csv"),
+        ("bad validation scores", "validation_scores.csv: line 3: expected a label 0 or 1 and a score in [0, 1]"),
         ("not a model", "xgboost-model.json: not an XGBoost model"),
         ("empty test", "test.csv: the file is empty"),
         ("missing test", "nowhere: test data not found"),

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import xgboost as xgb
 import yaml
 from conftest import ROOT, assert_outputs_survive_faults, files_under, outputs, run_script
+from sklearn.metrics import roc_auc_score
 
 import train
 from features import FEATURES
@@ -38,16 +41,23 @@ def saved(model_dir: Path) -> dict:
     return json.loads((model_dir / "features.json").read_text())
 
 
-def test_writes_model_and_prints_tuner_metrics(trained: tuple[Path, str]) -> None:
+def scores(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The validation labels and scores train.py saved beside the model."""
+    table = pd.read_csv(model_dir / train.SCORES_FILE)
+    assert list(table.columns) == ["fraud", "score"]
+    return table["fraud"].to_numpy(), table["score"].to_numpy()
+
+
+def test_writes_model_and_prints_tuner_metrics(trained: tuple[Path, str], splits: Path) -> None:
     model_dir, stdout = trained
-    assert sorted(p.name for p in model_dir.iterdir()) == ["features.json", "xgboost-model.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["features.json", train.SCORES_FILE, "xgboost-model.json"]
     assert json.loads((model_dir / "xgboost-model.json").read_text())["learner"]["gradient_booster"]
     description = saved(model_dir)
     for name in ("train", "validation"):
         final = re.findall(FINAL_AUC.format(name), stdout, re.MULTILINE)
         seen_by_tuner = re.findall(TUNER_REGEX.format(name), stdout)
         assert len(final) == 1
-        assert len(seen_by_tuner) == description["best_iteration"] + 1 + train.DEFAULTS["early_stopping_rounds"] + 1
+        assert len(seen_by_tuner) == description["rounds"] + 1
         assert seen_by_tuner[-1] == final[0]
         assert float(final[0]) == pytest.approx(description["metrics"][f"{name}:auc"], abs=1e-6)
     assert description["metrics"]["validation:auc"] > 0.6
@@ -55,7 +65,10 @@ def test_writes_model_and_prints_tuner_metrics(trained: tuple[Path, str]) -> Non
     assert description["features"] == FEATURES
     assert description["label"] == "fraud"
     assert description["hyperparameters"] == train.DEFAULTS
-    assert 0 <= description["best_iteration"] < train.DEFAULTS["num_round"]
+    assert 0 < description["rounds"] <= train.DEFAULTS["num_round"]
+    labels, validation_scores = scores(model_dir)
+    assert labels.tolist() == read_split(splits, "validation")[:, 0].tolist()
+    assert roc_auc_score(labels, validation_scores) == pytest.approx(description["metrics"]["validation:auc"], abs=1e-6)
 
 
 def test_defaults_match_pipeline_yaml() -> None:
@@ -63,11 +76,57 @@ def test_defaults_match_pipeline_yaml() -> None:
     assert config["training"]["hyperparameters"] == train.DEFAULTS
 
 
-def test_saved_model_is_cut_at_best_iteration(trained: tuple[Path, str]) -> None:
+def read_split(splits: Path, name: str) -> np.ndarray:
+    return np.loadtxt(splits / name / f"{name}.csv", delimiter=",", dtype=np.float32)
+
+
+def test_saved_model_is_refit_on_train_and_validation(trained: tuple[Path, str], splits: Path) -> None:
+    """The same hyperparameters and rounds, trained on train + validation, give the saved model."""
     model_dir, _ = trained
+    description = saved(model_dir)
     booster = xgb.Booster(model_file=str(model_dir / "xgboost-model.json"))
-    assert booster.num_boosted_rounds() == saved(model_dir)["best_iteration"] + 1
+    assert booster.num_boosted_rounds() == description["rounds"]
     assert booster.feature_names == FEATURES
+    both = np.concatenate([read_split(splits, "train"), read_split(splits, "validation")])
+    params = {**description["hyperparameters"], "eval_metric": "auc", "tree_method": "hist"}
+    del params["num_round"], params["early_stopping_rounds"]
+    refit = xgb.train(params, xgb.DMatrix(both[:, 1:], label=both[:, 0], feature_names=FEATURES), description["rounds"])
+    test = xgb.DMatrix(read_split(splits, "test")[:, 1:], feature_names=FEATURES)
+    assert booster.predict(test).tolist() == refit.predict(test).tolist()
+
+
+def test_rounds_are_chosen_without_the_validation_split(splits: Path, tmp_path: Path) -> None:
+    """Other validation labels change the validation scores' AUC, not the number of rounds."""
+    data = copy_splits(splits, tmp_path / "data")
+    validation = data / "validation/validation.csv"
+    rows = read_split(splits, "validation")
+    rows[:, 0] = np.random.default_rng(0).permutation(rows[:, 0])
+    np.savetxt(validation, rows, delimiter=",", fmt="%.9g")
+    assert run(data, tmp_path / "shuffled") == 0
+    assert run(splits, tmp_path / "model") == 0
+    assert saved(tmp_path / "shuffled")["rounds"] == saved(tmp_path / "model")["rounds"]
+    shuffled = saved(tmp_path / "shuffled")["metrics"]["validation:auc"]
+    assert shuffled < saved(tmp_path / "model")["metrics"]["validation:auc"] - 0.1
+
+
+@pytest.mark.parametrize(("max_rows", "folds"), [(10**9, 5), (10, 1)])
+def test_rounds_are_chosen_by_cross_validation_on_small_data(
+    splits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_rows: int, folds: int
+) -> None:
+    """CV_FOLDS folds of the train split up to CV_MAX_ROWS rows, one above it; each fold holds out a fifth."""
+    seen, real_cv = [], xgb.cv
+
+    def cv(params: dict, dtrain: xgb.DMatrix, *args: object, **kwargs: object) -> object:
+        seen.append((dtrain.num_row(), [len(held_out) for _, held_out in kwargs["folds"]]))
+        return real_cv(params, dtrain, *args, **kwargs)
+
+    monkeypatch.setattr(train, "CV_MAX_ROWS", max_rows)
+    monkeypatch.setattr(train.xgb, "cv", cv)
+    assert run(splits, tmp_path / "model", "--num_round", "5") == 0
+    [(rows, held_out)] = seen
+    assert rows == len(read_split(splits, "train"))
+    assert len(held_out) == folds
+    assert all(abs(size - rows / train.CV_FOLDS) <= 1 for size in held_out)
 
 
 def test_hyperparameters_from_file_as_sagemaker_writes_them(splits: Path, tmp_path: Path) -> None:
@@ -351,4 +410,4 @@ def test_outputs_are_all_or_nothing(splits: Path, small_disk, tmp_path: Path) ->
     argv = ["--train", str(splits / "train"), "--validation", str(splits / "validation")]
     argv += ["--manifest", str(splits / "manifest"), "--model-dir", str(disk / "model"), "--num_round", "10"]
     assert_outputs_survive_faults("training/train.py", disk, argv, [*argv, "--seed", "43"], tmp_path / "marker")
-    assert sorted(outputs(disk)) == ["model/features.json", "model/xgboost-model.json"]
+    assert sorted(outputs(disk)) == ["model/features.json", f"model/{train.SCORES_FILE}", "model/xgboost-model.json"]

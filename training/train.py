@@ -1,4 +1,12 @@
-"""Train the fraud model: XGBoost with early stopping on validation AUC.
+"""Train the fraud model: XGBoost, its number of rounds chosen by cross-validation, refit on train + validation.
+
+The recipe (fit): the number of rounds is the one with the best mean held-out AUC in a stratified 5-fold
+cross-validation of the train split (early stopping after `early_stopping_rounds` rounds without a better one;
+over CV_MAX_ROWS train rows, one fold of it). A model of that many rounds trained on the train split alone
+scores the validation split, which no choice has seen: its AUC is `validation:auc` (what a tuner compares
+between hyperparameter settings) and its scores are saved for evaluate.py to choose the operating threshold
+on. The saved model is then refit with the same hyperparameters and rounds on train + validation, so it
+learns from every non-test row; its quality is measured on the test split by evaluate.py.
 
 Runs in a SageMaker training container or bare:
 
@@ -12,16 +20,17 @@ Inputs follow the SageMaker training contract, each overridable by a flag:
                      first, no header), and optionally SM_CHANNEL_MANIFEST (preprocess's manifest.json, for the
                      feature names; else manifest/manifest.json beside the train channel directory, as preprocess
                      and SageMaker lay them out; else the features are f0, f1, ...)
-    model            SM_MODEL_DIR (default /opt/ml/model): xgboost-model.json (XGBoost's JSON format, cut at the
-                     best iteration), features.json, and code/ (see SERVING_CODE)
+    model            SM_MODEL_DIR (default /opt/ml/model): xgboost-model.json (XGBoost's JSON format, the refit
+                     model), features.json (features, hyperparameters, rounds, metrics), validation_scores.csv
+                     (SCORES_FILE) and code/ (see SERVING_CODE)
 
 It reads only the files preprocess writes: a channel directory is read as its `<channel>.csv`
 (train/train.csv, validation/validation.csv, as preprocess writes them) and any other file in it is ignored;
 a file path given explicitly is read as is. Hyperparameters are checked against training/hyperparameters.py
 (the one definition of their types and ranges, shared with pipeline.yaml's validation).
 
-Prints `train:auc=<v>` and `validation:auc=<v>` for a tuner's metric regex: every round, then, last,
-at the best iteration.
+Prints `train:auc=<v>` and `validation:auc=<v>` for a tuner's metric regex: every round of the model trained
+on the train split, then, last, at its final round (the objective a tuner reads).
 
 Bad input exits with code 2, and a model that cannot be written (a model directory under a file, a read-only
 or full disk) with code 1, each with a one-line message (also written to /opt/ml/output/failure when that
@@ -42,6 +51,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+from sklearn.model_selection import StratifiedKFold
 
 import atomic_outputs
 from hyperparameters import DEFAULTS, HYPERPARAMETERS
@@ -51,6 +61,13 @@ CONFIG_FILE = Path("/opt/ml/input/config/hyperparameters.json")
 FAILURE_FILE = Path("/opt/ml/output/failure")
 MODEL_FILE = "xgboost-model.json"
 FEATURES_FILE = "features.json"
+SCORES_FILE = "validation_scores.csv"
+"""The validation split's labels and scores by the model trained on the train split alone (header fraud,score):
+evaluate.py chooses the operating threshold on them."""
+CV_FOLDS = 5
+CV_MAX_ROWS = 50_000
+"""Up to this many train rows the number of rounds is chosen by CV_FOLDS-fold cross-validation; above it, on
+one fold (a fifth of the rows is then enough for a steady choice, at a fifth of the cost)."""
 MANIFEST_FILE = "manifest.json"
 IGNORED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 SERVING_CODE = ("serve.py", "features.py")
@@ -65,8 +82,8 @@ class InputError(ValueError):
 
 
 class PrintAuc(xgb.callback.TrainingCallback):
-    """Prints `round=<i> train:auc=<v> validation:auc=<v>` every `period` rounds (the tuner's early stopping
-    reads them; the final lines, printed last, are the best iteration's)."""
+    """Prints `round=<i> train:auc=<v> validation:auc=<v>` every `period` rounds (a tuner's early stopping
+    reads them; the final lines, printed last, are the last round's)."""
 
     def __init__(self, period: int) -> None:
         super().__init__()
@@ -81,9 +98,12 @@ class PrintAuc(xgb.callback.TrainingCallback):
 
 class Result(NamedTuple):
     booster: xgb.Booster
-    best_iteration: int
+    """Refit on train + validation."""
+    rounds: int
     train_auc: float
+    """On the train split, of the model trained on it alone, as validation_auc and validation_scores."""
     validation_auc: float
+    validation_scores: np.ndarray
 
 
 def _convert(name: str, raw: Any) -> Any:
@@ -233,37 +253,61 @@ def feature_names(manifest: Path | None, count: int) -> list[str]:
     return names
 
 
+def choose_rounds(dtrain: xgb.DMatrix, params: dict[str, Any], num_round: int, early_stopping_rounds: int) -> int:
+    """The number of rounds with the best mean held-out AUC: stratified CV_FOLDS-fold cross-validation of the
+    train split, or only its first fold when the split holds more than CV_MAX_ROWS rows."""
+    labels = dtrain.get_label()
+    folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=params["seed"]).split(labels, labels)
+    folds = list(folds) if len(labels) <= CV_MAX_ROWS else [next(folds)]
+    history = xgb.cv(params, dtrain, num_round, folds=folds, early_stopping_rounds=early_stopping_rounds)
+    return len(history)
+
+
 def fit(
     train: np.ndarray, validation: np.ndarray, names: list[str], hyperparameters: dict[str, Any], verbose: int = 0
 ) -> Result:
-    """Train with early stopping on validation AUC, printing AUCs every `verbose` rounds (0: never);
-    the booster is cut at the best iteration."""
+    """Choose the number of rounds on the train split (choose_rounds); train that many on the train split and
+    score the validation split, unseen so far (the tuner's objective, and the scores the operating threshold
+    is chosen on); then refit as many rounds on train + validation: the model returned. Prints AUCs every
+    `verbose` rounds of the train-split model (0: never)."""
     hp = dict(hyperparameters)
     num_round, early_stopping_rounds = hp.pop("num_round"), hp.pop("early_stopping_rounds")
     params = {**hp, "eval_metric": "auc", "tree_method": "hist", "nthread": NTHREAD}
     dtrain = xgb.DMatrix(train[:, 1:], label=train[:, 0], feature_names=names)
     dvalidation = xgb.DMatrix(validation[:, 1:], label=validation[:, 0], feature_names=names)
+    rounds = choose_rounds(dtrain, params, num_round, early_stopping_rounds)
     history: dict = {}
     booster = xgb.train(
         params,
         dtrain,
-        num_boost_round=num_round,
+        num_boost_round=rounds,
         evals=[(dtrain, "train"), (dvalidation, "validation")],
-        early_stopping_rounds=early_stopping_rounds,
         evals_result=history,
         verbose_eval=False,
         callbacks=[PrintAuc(verbose)] if verbose else None,
     )
-    best = booster.best_iteration
-    return Result(booster[: best + 1], best, history["train"]["auc"][best], history["validation"]["auc"][best])
+    both = np.concatenate([train, validation])
+    final = xgb.train(params, xgb.DMatrix(both[:, 1:], label=both[:, 0], feature_names=names), num_boost_round=rounds)
+    return Result(
+        final, rounds, history["train"]["auc"][-1], history["validation"]["auc"][-1], booster.predict(dvalidation)
+    )
 
 
-def save(result: Result, names: list[str], hyperparameters: dict[str, Any], model_dir: Path) -> None:
-    """xgboost-model.json, features.json and code/ in the model directory, all or nothing."""
+def scores_csv(labels: np.ndarray, scores: np.ndarray) -> str:
+    """SCORES_FILE's text: the labels and the float32 scores, exactly (9 significant digits)."""
+    rows = "".join(f"{int(label)},{score:.9g}\n" for label, score in zip(labels, scores, strict=True))
+    return f"{LABEL},score\n{rows}"
+
+
+def save(
+    result: Result, labels: np.ndarray, names: list[str], hyperparameters: dict[str, Any], model_dir: Path
+) -> None:
+    """xgboost-model.json, features.json, SCORES_FILE (for the validation `labels`) and code/ in the model
+    directory, all or nothing."""
     description = {
         "features": names,
         "label": LABEL,
-        "best_iteration": result.best_iteration,
+        "rounds": result.rounds,
         "hyperparameters": hyperparameters,
         "metrics": {"train:auc": result.train_auc, "validation:auc": result.validation_auc},
     }
@@ -272,6 +316,7 @@ def save(result: Result, names: list[str], hyperparameters: dict[str, Any], mode
         model_dir / FEATURES_FILE: atomic_outputs.text_writer(
             json.dumps(description, indent=2, allow_nan=False) + "\n"
         ),
+        model_dir / SCORES_FILE: atomic_outputs.text_writer(scores_csv(labels, result.validation_scores)),
     }
     here = Path(__file__).resolve().parent
     for name in SERVING_CODE:
@@ -323,10 +368,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> None:
     print(f"hyperparameters: {json.dumps(hyperparameters, sort_keys=True)}")
     print(f"train: {len(train)} rows, validation: {len(validation)} rows, {len(names)} features")
     result = fit(train, validation, names, hyperparameters, args.verbose)
-    print(f"best_iteration={result.best_iteration}")
+    print(f"rounds={result.rounds}")
     print(f"train:auc={result.train_auc:.6f}")
     print(f"validation:auc={result.validation_auc:.6f}", flush=True)
-    save(result, names, hyperparameters, args.model_dir)
+    save(result, validation[:, 0], names, hyperparameters, args.model_dir)
     print(f"wrote {args.model_dir / MODEL_FILE} and {args.model_dir / FEATURES_FILE}")
 
 
