@@ -235,7 +235,7 @@ def test_yaml_syntax_errors_are_one_line(tmp_path, text):
     ("old", "new", "message"),
     [
         (
-            "    eta: 0.1\n",
+            "    eta: 0.05\n",
             "    eta: 0.1\n    eta: 0.9\n",
             r"duplicate key training\.hyperparameters\.eta \(line \d+, column 5; first at line \d+\)",
         ),

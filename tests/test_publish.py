@@ -334,7 +334,7 @@ def test_cli_upsert_without_role_is_one_line_and_non_zero(capsys, monkeypatch):
 
 def test_cli_invalid_config_names_the_key(capsys, tmp_path):
     broken = tmp_path / "pipeline.yaml"
-    broken.write_text(cfg.DEFAULT_PATH.read_text().replace("eta: 0.1", "eta: 1.7"))
+    broken.write_text(cfg.DEFAULT_PATH.read_text().replace("eta: 0.05", "eta: 1.7"))
     code, _, err = run_cli(capsys, "--config", str(broken), "definition")
     assert code != 0
     assert "training.hyperparameters.eta: 1.7 is above the maximum 1.0" in err
