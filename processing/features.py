@@ -160,14 +160,28 @@ class ContractError(ValueError):
 
 
 MAX_ROWS_SHOWN = 5
+SHOWN_CHARS = 80
+"""Characters of an input value that a message quotes."""
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` on one line (control characters escaped, as repr does) and cut after `limit` characters."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    more = len(text) - limit
+    return f"{escaped}... ({more} more characters)" if more > 0 else escaped
+
+
+def shown(value: object) -> str:
+    """An input value as a message quotes it: its repr, cut short."""
+    return clip(repr(value), SHOWN_CHARS)
 
 
 def describe_rows(frame: pd.DataFrame, mask: pd.Series, column: str) -> str:
     """'line 3: 'abc', line 7: '' ...' for the first offending rows (line numbers count the header as 1)."""
     bad = frame.loc[mask, column]
-    shown = ", ".join(f"line {i + 2}: {v!r}" for i, v in bad.head(MAX_ROWS_SHOWN).items())
+    shown_rows = ", ".join(f"line {i + 2}: {shown(v)}" for i, v in bad.head(MAX_ROWS_SHOWN).items())
     more = f" and {len(bad) - MAX_ROWS_SHOWN} more" if len(bad) > MAX_ROWS_SHOWN else ""
-    return f"{shown}{more}"
+    return f"{shown_rows}{more}"
 
 
 @functools.cache

@@ -44,7 +44,18 @@ from flask import Flask, Response, request
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from features import CLAIMS_SCHEMA, CUSTOMERS_SCHEMA, FEATURES, KEY, ContractError, encode, extra_columns, validate
+from features import (
+    CLAIMS_SCHEMA,
+    CUSTOMERS_SCHEMA,
+    FEATURES,
+    KEY,
+    ContractError,
+    clip,
+    encode,
+    extra_columns,
+    shown,
+    validate,
+)
 
 log = logging.getLogger("serve")
 
@@ -61,8 +72,6 @@ ACCEPTED = {"*/*": JSON, "application/*": JSON, JSON: JSON, "text/*": CSV, CSV: 
 """Accept media ranges -> the response type they select."""
 MESSAGE_CHARS = 2000
 """Characters of an error message (sent and logged) before it is cut."""
-SHOWN_CHARS = 80
-"""Characters of a request value that a message quotes."""
 SERVER_PACKAGES = ("gunicorn", "gevent")
 """What the production server needs: gunicorn and its gevent workers."""
 
@@ -120,18 +129,6 @@ def read_features(model_dir: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------- request bodies
-
-
-def clip(text: str, limit: int = MESSAGE_CHARS) -> str:
-    """`text` on one line (control characters escaped, as repr does) and cut after `limit` characters."""
-    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
-    more = len(text) - limit
-    return f"{escaped}... ({more} more characters)" if more > 0 else escaped
-
-
-def shown(value: object) -> str:
-    """A request value as a message quotes it: its repr, cut short."""
-    return clip(repr(value), SHOWN_CHARS)
 
 
 def read_body(max_bytes: int) -> bytes:
@@ -226,7 +223,9 @@ def json_features(records: list[dict], names: list[str]) -> tuple[np.ndarray, li
     frame = pd.DataFrame(as_text, index=range(-1, len(records) - 1)).fillna("")
     extras = extra_columns(frame, RAW_SCHEMA)
     if extras:
-        log.warning("ignoring column(s) the contract does not know: %s", clip(", ".join(map(shown, extras))))
+        log.warning(
+            "ignoring column(s) the contract does not know: %s", clip(", ".join(map(shown, extras)), MESSAGE_CHARS)
+        )
     try:
         encoded = encode(validate(frame, RAW_SCHEMA, JSON_SOURCE, label=False), RAW_SCHEMA)
     except ContractError as error:
@@ -310,7 +309,7 @@ def create_app(
 
     @app.errorhandler(RequestError)
     def refused(error: RequestError) -> Response:
-        message = clip(str(error))
+        message = clip(str(error), MESSAGE_CHARS)
         log.warning("%d: %s", error.status, message)
         return json_response(error.status, {"error": message})
 

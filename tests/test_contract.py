@@ -101,3 +101,10 @@ def test_a_column_given_twice_is_refused() -> None:
     frame = claims()
     frame.insert(0, "fraud", "1", allow_duplicates=True)
     assert error_of(frame) == f"{SOURCE}: column 'fraud' appears 2 times in the header; expected each column once"
+
+
+def test_a_huge_value_is_quoted_cut_short_and_hides_no_other_error() -> None:
+    message = error_of(claims(incident_type="x" * 5_000_000, incident_hour="25"))
+    assert len(message) < 1_000
+    assert "column 'incident_type'" in message and "more characters" in message
+    assert "column 'incident_hour'" in message and "'25'" in message
