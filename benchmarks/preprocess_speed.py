@@ -4,20 +4,19 @@
 
 For each size: generate the raw tables (timed apart, not counted), then run preprocess.py as a child
 process, as a container would, and report policies per second of its wall time (interpreter start
-included) and its peak resident memory (the child's own ru_maxrss, from os.wait4). Prints a table;
-asserts nothing.
+included; the launcher's start is not) and its own peak resident memory (peak_memory.run: not the
+benchmark's, which a forked child would inherit). Prints a table; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import peak_memory
 from pipelines.synthetic_data import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,13 +29,11 @@ def run_preprocess(raw: Path, out: Path) -> tuple[float, int]:
     argv = [sys.executable, str(PREPROCESS), *inputs, "--output-dir", str(out), "--event-time", "0"]
     with open(out.parent / "preprocess.log", "w") as log:
         start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=log, stderr=log)
-        _, status, usage = os.wait4(child.pid, 0)
+        done, peak = peak_memory.run(argv, stdout=log, stderr=log)
         seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        sys.exit(f"preprocess.py failed ({child.returncode}); see {out.parent / 'preprocess.log'}")
-    return seconds, usage.ru_maxrss * 1024  # Linux reports kilobytes
+    if done.returncode != 0:
+        sys.exit(f"preprocess.py failed ({done.returncode}); see {out.parent / 'preprocess.log'}")
+    return seconds, peak
 
 
 def measure(rows: int, seed: int, work: Path) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import xgboost as xgb
 from conftest import ROOT, assert_outputs_survive_faults, files_under, outputs, run_script
 
 import evaluate
+import peak_memory
 
 METRICS = ("auc", "pr_auc", "precision", "recall", "f1", "accuracy")
 OUTPUTS = ["evaluation.json", "precision_recall_curve.png", "roc_curve.png"]
@@ -299,14 +299,10 @@ def bomb(case: str, model_dir: Path) -> bytes:
 
 
 def run_measured(*args: str) -> tuple[int, str, int]:
-    """evaluate.py run bare: (exit code, stderr, peak resident memory in MiB)."""
+    """evaluate.py run bare: (exit code, stderr, its own peak resident memory in MiB)."""
     command = [sys.executable, str(ROOT / "evaluation/evaluate.py"), *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT.parent)
-    with process.stderr:
-        stderr = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, stderr, usage.ru_maxrss // 1024
+    done, peak = peak_memory.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT.parent)
+    return done.returncode, done.stderr, peak // 2**20
 
 
 @pytest.mark.parametrize(
