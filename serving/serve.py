@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -352,6 +353,15 @@ def run_gunicorn(app_factory: Callable[[], Flask], options: dict) -> None:
     Server().run()
 
 
+def stop_while_booting(arbiter: object, worker: object) -> None:
+    """gunicorn's post_fork hook: SIGTERM, SIGINT and SIGQUIT end a worker until it installs its own handlers.
+
+    A forked worker inherits the master's handlers, which only queue a signal for the master's loop: a stop
+    sent while a worker was still booting was lost, and the master waited out graceful_timeout (30 s)."""
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(number, signal.SIG_DFL)
+
+
 def run_werkzeug(app: Flask, host: str, port: int) -> None:
     """werkzeug's threaded server: for development, where gunicorn or gevent is not installed."""
     from werkzeug.serving import make_server
@@ -445,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         # a slow or idle client holds a greenlet, not the worker (SageMaker's own containers put nginx in front)
         "worker_class": "gevent",
+        "post_fork": stop_while_booting,
         "timeout": args.timeout,
         "control_socket_disable": True,  # gunicorn >= 25.1 opens one under $HOME by default
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,  # heartbeats off the disk

@@ -539,6 +539,22 @@ def test_cli_serve_stops_with_sigterm(model_dir: Path, tmp_path: Path) -> None:
                 process.kill()
 
 
+def test_sigterm_while_workers_boot_stops_the_server_at_once(model_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM as soon as the first of four workers answers, while the others still boot (CI lost it: 30 s).
+
+    Before the post_fork hook, a booting worker ran the master's inherited handler, the signal was lost, and the
+    master waited gunicorn's graceful_timeout (30 s) before killing it; now the server is gone in about 2 s."""
+    run = run_folder(model_dir, tmp_path, json.dumps({"threshold": {"value": 0.5}}))
+    address = ("127.0.0.1", free_port())
+    child = cli_serve("--model", str(run), "--port", str(address[1]), "--workers", "4")
+    try:
+        wait_until_ready(child, address)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=20) == 0
+    finally:
+        child.kill()
+
+
 @pytest.mark.parametrize(
     "evaluation",
     ["{}", '{"threshold": 0.5}', '{"threshold": {"value": "high"}}', '{"threshold": {"value": 2}}', "{not json"],
