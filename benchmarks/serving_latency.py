@@ -1,12 +1,14 @@
 """Latency and throughput of serving/serve.py over real HTTP on loopback, one record per request.
 
-    python benchmarks/serving_latency.py [--rows 5000 --requests 2000 --clients 4 --max-seconds 20 --workers N]
+    python benchmarks/serving_latency.py [--rows 5000 --requests 2000 --clients 4 --max-seconds 20 --workers N
+                                          --batch 1000]
 
 Generates raw data, runs preprocess.py and train.py on it as child processes, and starts serve.py as its own
 process on 127.0.0.1 (gunicorn's gevent workers when installed, else werkzeug's threaded server). Then, for each
 payload (a text/csv feature row of the test split; an application/json raw claim + customer record), it sends
 single-record requests, each on a new connection, first from one client, then from --clients threads at once,
 up to --requests per run or --max-seconds, and prints the p50 and p99 latency and the requests per second.
+Then the same for batches: --batch rows or records in one request (`csv x1000`, `json x1000`).
 Every reply must be a 200; asserts nothing else.
 """
 
@@ -54,8 +56,9 @@ def train_model(rows: int, seed: int, work: Path) -> Path:
     return model
 
 
-def payloads(work: Path, count: int) -> dict[str, tuple[str, list[str]]]:
-    """{name: (content type, bodies)}: test-split feature rows, and raw records of the same policies as JSON."""
+def payloads(work: Path, count: int, batch: int) -> dict[str, tuple[str, list[str]]]:
+    """{name: (content type, bodies)}: test-split feature rows and raw records of the same policies as JSON, one
+    per body, then `batch` of them (cycled) in one body."""
     test = pd.read_csv(work / "splits/headered/test.csv", dtype=str, keep_default_na=False).head(count)
     features = test.columns[2:]  # policy_id, fraud, then the features in order
     rows = [",".join(values) for values in test[features].itertuples(index=False)]
@@ -63,9 +66,16 @@ def payloads(work: Path, count: int) -> dict[str, tuple[str, list[str]]]:
     claims = pd.read_csv(work / "raw/claims.csv", **read).drop(columns="fraud")
     raw = claims.merge(pd.read_csv(work / "raw/customers.csv", **read), on="policy_id")
     records = raw.set_index("policy_id").loc[test["policy_id"]].reset_index()
+    records = records.to_json(orient="records", lines=True).splitlines()
+
+    def batched(bodies: list[str]) -> list[str]:
+        return list(itertools.islice(itertools.cycle(bodies), batch))
+
     return {
         "csv": ("text/csv", rows),
-        "json": ("application/json", list(records.to_json(orient="records", lines=True).splitlines())),
+        "json": ("application/json", records),
+        f"csv x{batch}": ("text/csv", ["\n".join(batched(rows))]),
+        f"json x{batch}": ("application/json", [f"[{','.join(batched(records))}]"]),
     }
 
 
@@ -118,22 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="client threads of the concurrent runs")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time limit of each run")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers")
+    parser.add_argument("--batch", type=int, default=1_000, help="rows or records per request of the batch runs")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="serving-latency-") as tmp:
         work = Path(tmp)
         model = train_model(args.rows, args.seed, work)
-        bodies = payloads(work, 200)
+        bodies = payloads(work, 200, args.batch)
         with running(model, "--workers", str(args.workers), "--threshold", "0.5") as address:
             print(f"server: {server_name(args.workers)}; {os.cpu_count()} CPUs; loopback, a new connection each")
-            print(f"{'payload':<8}{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+            print(f"{'payload':<12}{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
             for name, (content_type, samples) in bodies.items():
                 load(address, content_type, samples, WARMUP, 1, args.max_seconds)
                 for clients in (1, args.clients):
                     latencies, wall = load(address, content_type, samples, args.requests, clients, args.max_seconds)
                     p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
                     print(
-                        f"{name:<8}{clients:>8}{len(latencies):>10}{p50:>9.2f}{p99:>9.2f}{len(latencies) / wall:>9.0f}"
+                        f"{name:<12}{clients:>8}{len(latencies):>10}{p50:>9.2f}{p99:>9.2f}{len(latencies) / wall:>9.0f}"
                     )
     return 0
 

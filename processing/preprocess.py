@@ -90,7 +90,7 @@ def read_table(path: Path, name: str, schema: dict) -> pd.DataFrame:
         if str(error) == "Empty CSV file":
             raise ContractError(f"{path}: the file is empty; expected a header row with: {', '.join(schema)}") from None
         raise ContractError(f"{path}: not a readable CSV file ({error})") from None
-    extras = extra_columns(frame, schema)
+    extras = extra_columns(frame.columns, schema)
     if extras:
         log.warning("%s: ignoring column(s) the contract does not know: %s", path, ", ".join(extras))
     return validate(frame, schema, str(path))

@@ -39,7 +39,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import xgboost as xgb
 from flask import Flask, Response, request
 from werkzeug.datastructures import MIMEAccept
@@ -52,10 +51,11 @@ from features import (
     KEY,
     ContractError,
     clip,
-    encode,
+    encode_records,
     extra_columns,
+    parse_number,
     shown,
-    validate,
+    validate_records,
 )
 
 log = logging.getLogger("serve")
@@ -151,24 +151,29 @@ def _text(body: bytes) -> str:
         raise RequestError(400, f"the body is not UTF-8 text ({error})") from None
 
 
-def _number(value: str) -> float:
-    """A CSV value in decimal or scientific notation, else NaN. float() also reads 1_000 and non-ASCII digits,
-    refused here, and nan and inf, refused as not finite."""
-    if "_" in value or not value.isascii():
-        return np.nan
-    try:
-        return float(value)
-    except ValueError:
-        return np.nan
+def csv_numbers(text: str, rows: list[list[str]]) -> np.ndarray:
+    """The rows' values as float64 (rows of equal length), NaN where a value is not in the contract's number
+    grammar (features.parse_number). numpy converts the whole body at once as float() reads each value: on ASCII
+    text without underscores, a body that converts to finite numbers is all in the grammar; any other body is
+    read value by value."""
+    if "_" not in text and text.isascii():
+        try:
+            matrix = np.array(rows, dtype=np.float64)
+        except ValueError:
+            pass
+        else:
+            if np.isfinite(matrix).all():
+                return matrix
+    return np.array([[parse_number(value) for value in row] for row in rows], dtype=np.float64)
 
 
 def csv_matrix(body: bytes, names: list[str]) -> np.ndarray:
     """Rows of feature values (no header), checked against the model's features, as float32."""
+    text = _text(body)
     try:
-        rows = [row for row in csv.reader(io.StringIO(_text(body))) if row]
+        rows = [row for row in csv.reader(io.StringIO(text)) if row]
     except csv.Error as error:
         raise RequestError(400, f"{CSV}: not readable CSV ({error})") from None
-    matrix = np.empty((len(rows), len(names)))
     for i, row in enumerate(rows):
         if len(row) != len(names):
             raise RequestError(
@@ -176,9 +181,8 @@ def csv_matrix(body: bytes, names: list[str]) -> np.ndarray:
                 f"{CSV} row {i + 1}: {len(row)} values, expected {len(names)} "
                 f"(the model's features in features.json's order: {names[0]}, ..., {names[-1]})",
             )
-        matrix[i] = [_number(value) for value in row]
     with np.errstate(over="ignore"):
-        matrix = matrix.astype(np.float32)  # beyond float32's range: inf
+        matrix = csv_numbers(text, rows).astype(np.float32)  # beyond float32's range: inf
     bad = np.argwhere(~np.isfinite(matrix))
     if len(bad):
         i, j = bad[0]
@@ -218,20 +222,24 @@ def raw_value(value: object, number: int, key: str) -> str:
 
 
 def json_features(records: list[dict], names: list[str]) -> tuple[np.ndarray, list[int]]:
-    """Validate and encode raw records with features.py (as preprocessing does); the matrix and the policy ids."""
-    as_text = [{key: raw_value(value, n, key) for key, value in record.items()} for n, record in enumerate(records, 1)]
-    # validate() numbers rows as CSV lines (header = line 1); this index makes line N read as record N
-    frame = pd.DataFrame(as_text, index=range(-1, len(records) - 1)).fillna("")
-    extras = extra_columns(frame, RAW_SCHEMA)
+    """Validate and encode raw records with features.py's record path (the rules and messages preprocessing's
+    column path applies to files); the matrix and the policy ids."""
+    as_text = [
+        {key: value if type(value) is str else raw_value(value, n, key) for key, value in record.items()}
+        for n, record in enumerate(records, 1)
+    ]
+    extras = extra_columns((key for record in as_text for key in record), RAW_SCHEMA)
     if extras:
         log.warning(
             "ignoring column(s) the contract does not know: %s", clip(", ".join(map(shown, extras)), MESSAGE_CHARS)
         )
     try:
-        encoded = encode(validate(frame, RAW_SCHEMA, JSON_SOURCE, label=False), RAW_SCHEMA)
+        typed = validate_records(as_text, RAW_SCHEMA, JSON_SOURCE, label=False, first_line=1)
     except ContractError as error:
         raise RequestError(400, str(error)) from None
-    return encoded[names].to_numpy(dtype=np.float32), encoded[KEY].tolist()
+    encoded = encode_records(typed, RAW_SCHEMA)
+    matrix = np.array([[row[name] for name in names] for row in encoded], dtype=np.float32)
+    return matrix, [row[KEY] for row in typed]
 
 
 def response_type(accept: MIMEAccept) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import shutil
@@ -21,10 +22,11 @@ import psutil
 import pytest
 import xgboost as xgb
 from flask import Flask
+from test_contract import CANDIDATES
 from werkzeug.serving import make_server
 
 import serve
-from features import FEATURES, KEY, LABEL
+from features import FEATURES, FLOAT_MAX, KEY, LABEL, parse_number
 from harness import ROOT, Reply, call, free_port, running, stalled_connections, wait_until_ready
 
 CASES = 6
@@ -589,3 +591,19 @@ def test_cli_serve_without_a_model(tmp_path: Path, capsys: pytest.CaptureFixture
 
     assert cli.main(["serve", "--model", str(tmp_path)]) != 0
     assert "no xgboost-model.json there" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", CANDIDATES)
+def test_csv_values_read_as_the_contract_reads_numbers(value: str) -> None:
+    """Each candidate value, alone in a body and among valid ones: the bulk conversion (an all-valid body) and the
+    value-by-value reading (any other body) accept exactly features.parse_number's finite float32 values."""
+    names = ["a", "b"]
+    lines = io.StringIO()
+    csv.writer(lines).writerows([[value, "1"], ["2", value]])
+    number = np.float32(parse_number(value)) if abs(parse_number(value)) <= FLOAT_MAX else np.float32("nan")
+    if np.isfinite(number):
+        expected = np.array([[number, 1], [2, number]], dtype=np.float32)
+        np.testing.assert_array_equal(serve.csv_matrix(lines.getvalue().encode(), names), expected)
+    else:
+        with pytest.raises(serve.RequestError, match=r"row 1, column 1 \(a\): expected a finite number"):
+            serve.csv_matrix(lines.getvalue().encode(), names)
