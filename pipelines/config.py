@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, NotRequired
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AllowInfNan,
     BaseModel,
     BeforeValidator,
@@ -103,12 +104,21 @@ class Data(Section):
     customers_uri: str
     validation_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
-    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 42  # what numpy's RandomState (scikit-learn's split) takes
+    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 42  # the split hash's key (preprocess.split_position)
+
+
+def _one_instance(count: int) -> int:
+    if count != 1:
+        raise ValueError(
+            "the step's script runs on one instance (more would each redo the whole job); "
+            "docs/scaling.md gives the sizes one instance serves and the way past it"
+        )
+    return count
 
 
 class Compute(Section):
     instance_type: InstanceType = "ml.m5.xlarge"
-    instance_count: Annotated[Int, Field(ge=1, le=100)] = 1
+    instance_count: Annotated[Int, AfterValidator(_one_instance)] = 1
     volume_size_gb: Annotated[Int, Field(ge=1, le=16384)] = 30
     max_runtime_s: Annotated[Int, Field(ge=60, le=432000)] = 3600
 

@@ -256,14 +256,14 @@ def test_duplicate_keys_are_refused(tmp_path, old, new, message):
 def test_merge_keys_may_override_what_they_merge(tmp_path):
     compute = "  compute:\n    instance_type: ml.m5.xlarge\n\nbias:"
     merged = (
-        "  compute:\n    <<: {instance_type: ml.m5.large, instance_count: 2}\n    instance_type: ml.m5.xlarge\n\nbias:"
+        "  compute:\n    <<: {instance_type: ml.m5.large, volume_size_gb: 50}\n    instance_type: ml.m5.xlarge\n\nbias:"
     )
     text = cfg.DEFAULT_PATH.read_text()
     assert compute in text
     path = write(tmp_path, "merge.yaml", text.replace(compute, merged, 1))
 
     compute = cfg.load(path, ENV).evaluation.compute
-    assert (compute.instance_type, compute.instance_count) == ("ml.m5.xlarge", 2)
+    assert (compute.instance_type, compute.volume_size_gb) == ("ml.m5.xlarge", 50)
 
 
 # ---- environment references: ${NAME}, ${NAME:-default}, $${ -------------------------------------------------------
@@ -399,6 +399,17 @@ def test_numbers_from_the_environment_are_still_numbers(document):
 def test_values_training_would_reject_are_refused(document, path, value, message):
     with pytest.raises(cfg.ConfigError, match=message):
         cfg.parse(set_path(document, path, value), ENV)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["processing", "feature_store.compute", "training.compute", "evaluation.compute", "bias.compute"],
+)
+def test_a_step_runs_on_one_instance(document, path):
+    """A second instance of these steps would redo the whole job (inputs are fully replicated, nothing shards)."""
+    with pytest.raises(cfg.ConfigError, match=rf"^{re.escape(path)}\.instance_count: 2: the step's script runs on one"):
+        cfg.parse(set_path(document, f"{path}.instance_count", 2), ENV)
+    assert cfg.parse(set_path(document, "deploy.instance_count", 2), ENV).deploy.instance_count == 2
 
 
 @pytest.mark.parametrize(
