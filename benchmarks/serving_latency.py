@@ -37,6 +37,7 @@ from harness import call, running  # noqa: E402
 from serve import missing_server_packages  # noqa: E402
 
 WARMUP = 50
+PATH = "/invocations"
 
 
 def train_model(rows: int, seed: int, work: Path) -> Path:
@@ -56,9 +57,9 @@ def train_model(rows: int, seed: int, work: Path) -> Path:
     return model
 
 
-def payloads(work: Path, count: int, batch: int) -> dict[str, tuple[str, list[str]]]:
-    """{name: (content type, bodies)}: test-split feature rows and raw records of the same policies as JSON, one
-    per body, then `batch` of them (cycled) in one body."""
+def payloads(work: Path, count: int, batch: int) -> dict[str, tuple[str, list[str], str]]:
+    """{name: (content type, bodies, path)}: test-split feature rows and raw records of the same policies as JSON,
+    one per body (also with 3 reasons each: ?explain=3), then `batch` of them (cycled) in one body."""
     test = pd.read_csv(work / "splits/headered/test.csv", dtype=str, keep_default_na=False).head(count)
     features = test.columns[2:]  # policy_id, fraud, then the features in order
     rows = [",".join(values) for values in test[features].itertuples(index=False)]
@@ -72,14 +73,23 @@ def payloads(work: Path, count: int, batch: int) -> dict[str, tuple[str, list[st
         return list(itertools.islice(itertools.cycle(bodies), batch))
 
     return {
-        "csv": ("text/csv", rows),
-        "json": ("application/json", records),
-        f"csv x{batch}": ("text/csv", ["\n".join(batched(rows))]),
-        f"json x{batch}": ("application/json", [f"[{','.join(batched(records))}]"]),
+        "csv": ("text/csv", rows, PATH),
+        "json": ("application/json", records, PATH),
+        "json explain=3": ("application/json", records, f"{PATH}?explain=3"),
+        f"csv x{batch}": ("text/csv", ["\n".join(batched(rows))], PATH),
+        f"json x{batch}": ("application/json", [f"[{','.join(batched(records))}]"], PATH),
     }
 
 
-def load(address: tuple[str, int], content_type: str, bodies: list[str], requests: int, clients: int, limit_s: float):
+def load(
+    address: tuple[str, int],
+    content_type: str,
+    bodies: list[str],
+    path: str,
+    requests: int,
+    clients: int,
+    limit_s: float,
+):
     """Send `requests` requests (or stop after `limit_s`) from `clients` threads; (latencies in s, wall s)."""
     work = itertools.islice(itertools.cycle(bodies), requests)
     lock = threading.Lock()
@@ -94,7 +104,7 @@ def load(address: tuple[str, int], content_type: str, bodies: list[str], request
             if body is None:
                 return
             start = time.perf_counter()
-            reply = call(address, body, content_type)
+            reply = call(address, body, content_type, path=path)
             elapsed = time.perf_counter() - start
             with lock:
                 latencies.append(elapsed)
@@ -137,14 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         bodies = payloads(work, 200, args.batch)
         with running(model, "--workers", str(args.workers), "--threshold", "0.5") as address:
             print(f"server: {server_name(args.workers)}; {os.cpu_count()} CPUs; loopback, a new connection each")
-            print(f"{'payload':<12}{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
-            for name, (content_type, samples) in bodies.items():
-                load(address, content_type, samples, WARMUP, 1, args.max_seconds)
+            print(f"{'payload':<16}{'clients':>8}{'requests':>10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+            for name, (content_type, samples, path) in bodies.items():
+                load(address, content_type, samples, path, WARMUP, 1, args.max_seconds)
                 for clients in (1, args.clients):
-                    latencies, wall = load(address, content_type, samples, args.requests, clients, args.max_seconds)
+                    latencies, wall = load(
+                        address, content_type, samples, path, args.requests, clients, args.max_seconds
+                    )
                     p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
                     print(
-                        f"{name:<12}{clients:>8}{len(latencies):>10}{p50:>9.2f}{p99:>9.2f}{len(latencies) / wall:>9.0f}"
+                        f"{name:<16}{clients:>8}{len(latencies):>10}{p50:>9.2f}{p99:>9.2f}{len(latencies) / wall:>9.0f}"
                     )
     return 0
 

@@ -115,7 +115,7 @@ def project_root() -> Iterator[None]:
         os.chdir(previous)
 
 
-STAGED_WITH = {"training": ("serving/serve.py", "processing/features.py")}
+STAGED_WITH = {"training": ("serving/serve.py", "serving/explain.py", "processing/features.py")}
 """Files staged beside a step's own: train.py puts the serving code into the model artifact."""
 
 

@@ -114,6 +114,9 @@ CLAIM_FEATURES = _numeric_columns(CLAIMS_SCHEMA) + _encoded_columns(CLAIMS_SCHEM
 CUSTOMER_FEATURES = _numeric_columns(CUSTOMERS_SCHEMA) + _encoded_columns(CUSTOMERS_SCHEMA)
 FEATURES = CLAIM_FEATURES + CUSTOMER_FEATURES
 """The model's input columns, in order."""
+_ONE_HOT_COLUMN = {f"{column}_{value}": column for column, values in ONE_HOT.items() for value in values}
+RAW_COLUMN = {feature: _ONE_HOT_COLUMN.get(feature, feature) for feature in FEATURES}
+"""Each feature's contract column: itself, or the category column a one-hot feature encodes."""
 
 
 _SYMBOLS = re.compile(r"[^a-z0-9 ]")
@@ -418,3 +421,30 @@ def encode_records(records: list[dict[str, object]], schema: dict[str, tuple[str
 def extra_columns(columns: Iterable[str], schema: dict[str, tuple[str, object]]) -> list[str]:
     """Columns (a table's, or records' keys) the contract does not know: ignored, with a warning."""
     return [c for c in dict.fromkeys(columns) if c not in schema and c != EVENT_TIME]
+
+
+def decode(values: dict[str, float]) -> dict[str, object]:
+    """Feature values back to their contract columns' values (typed as validate() types them): a number, or a
+    category in the contract's spelling; None where the features cannot tell (a one-hot group of zeros stands for
+    every value it has no column for, as customer_gender's Other and Unkown)."""
+    schema = CLAIMS_SCHEMA | CUSTOMERS_SCHEMA
+    raw: dict[str, object] = {}
+    for feature, value in values.items():
+        column = RAW_COLUMN.get(feature)
+        if column is None:
+            continue
+        kind, allowed = schema[column]
+        canonical = _canonical(column, tuple(allowed)) if kind == "category" else {}
+        if column in ONE_HOT:
+            if value == 1:
+                raw[column] = canonical.get(feature.removeprefix(f"{column}_"))
+            else:
+                raw.setdefault(column, None)
+        elif column in ORDINAL:
+            ranks = ORDINAL[column]
+            raw[column] = (
+                canonical.get(ranks[int(value)]) if float(value).is_integer() and 0 <= value < len(ranks) else None
+            )
+        else:
+            raw[column] = int(value) if kind == "int" and float(value).is_integer() else float(value)
+    return raw

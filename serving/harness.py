@@ -40,9 +40,14 @@ def call(
     method: str = "POST",
     path: str = "/invocations",
     chunked: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> Reply:
-    """One HTTP request on a new connection; `chunked`: the body with Transfer-Encoding: chunked (no Content-Length)."""
-    headers = {name: value for name, value in (("Content-Type", content_type), ("Accept", accept)) if value}
+    """One HTTP request on a new connection; `chunked`: the body with Transfer-Encoding: chunked (no Content-Length);
+    `headers`: more request headers."""
+    headers = {
+        **{name: value for name, value in (("Content-Type", content_type), ("Accept", accept)) if value},
+        **(headers or {}),
+    }
     if chunked:
         data = body.encode() if isinstance(body, str) else body or b""
         body = (data[start : start + CHUNK] for start in range(0, len(data), CHUNK))

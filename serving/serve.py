@@ -12,7 +12,8 @@ POST /invocations takes
                        {"instances": [...]}, validated and encoded by features.py, as in training;
 and answers, per the Accept header, application/json (default) {"predictions": [{"fraud_probability": p,
 "fraud": 0|1, "threshold": t, "policy_id": id (JSON input)}]} or text/csv lines "probability,flag".
-`fraud` is 1 when the probability is >= the threshold (evaluation/evaluate.py's rule).
+`fraud` is 1 when the probability is >= the threshold (evaluation/evaluate.py's rule). Asked with `explain=K`
+(CustomAttributes, or ?explain=K), each JSON prediction also carries its top K reasons (explain.py).
 
 Settings (flags win over the environment): --threshold / FRAUD_THRESHOLD (else 0.5, with a warning),
 --port / SAGEMAKER_BIND_TO_PORT (8080), --workers / SAGEMAKER_MODEL_SERVER_WORKERS (the CPU count),
@@ -44,6 +45,7 @@ from flask import Flask, Response, request
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+import explain
 from features import (
     CLAIMS_SCHEMA,
     CUSTOMERS_SCHEMA,
@@ -51,6 +53,7 @@ from features import (
     KEY,
     ContractError,
     clip,
+    decode,
     encode_records,
     extra_columns,
     parse_number,
@@ -112,6 +115,17 @@ class Model:
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """Fraud probabilities (float32) of a matrix in features.json's column order."""
         return self.booster.inplace_predict(matrix)
+
+    def contributions(self, matrix: np.ndarray) -> np.ndarray:
+        """Exact TreeSHAP contributions in log-odds, one column per feature and the base value last."""
+        names = self.features if self.booster.feature_names else None
+        return self.booster.predict(xgb.DMatrix(matrix, feature_names=names), pred_contribs=True)
+
+    def values(self, matrix: np.ndarray) -> list[dict[str, object]]:
+        """Each CSV row's values per contract column (features.decode), or per feature for a model whose features
+        are not the contract's: what an explanation's reasons show."""
+        rows = [dict(zip(self.features, row, strict=True)) for row in matrix.tolist()]
+        return rows if self.raw_input_error else [decode(row) for row in rows]
 
 
 def read_features(model_dir: Path) -> list[str]:
@@ -221,9 +235,9 @@ def raw_value(value: object, number: int, key: str) -> str:
     return "" if value is None else str(value)
 
 
-def json_features(records: list[dict], names: list[str]) -> tuple[np.ndarray, list[int]]:
+def json_features(records: list[dict], names: list[str]) -> tuple[np.ndarray, list[dict[str, object]]]:
     """Validate and encode raw records with features.py's record path (the rules and messages preprocessing's
-    column path applies to files); the matrix and the policy ids."""
+    column path applies to files); the matrix and the typed records."""
     as_text = [
         {key: value if type(value) is str else raw_value(value, n, key) for key, value in record.items()}
         for n, record in enumerate(records, 1)
@@ -238,8 +252,7 @@ def json_features(records: list[dict], names: list[str]) -> tuple[np.ndarray, li
     except ContractError as error:
         raise RequestError(400, str(error)) from None
     encoded = encode_records(typed, RAW_SCHEMA)
-    matrix = np.array([[row[name] for name in names] for row in encoded], dtype=np.float32)
-    return matrix, [row[KEY] for row in typed]
+    return np.array([[row[name] for name in names] for row in encoded], dtype=np.float32), typed
 
 
 def response_type(accept: MIMEAccept) -> str:
@@ -261,9 +274,14 @@ def json_response(status: int, document: dict) -> Response:
 
 
 def predictions(
-    probabilities: np.ndarray, threshold: float, kind: str, policy_ids: list[int] | None = None
+    probabilities: np.ndarray,
+    threshold: float,
+    kind: str,
+    policy_ids: list[int] | None = None,
+    explanations: list[dict] | None = None,
 ) -> Response:
-    """The scores as JSON predictions or CSV 'probability,flag' lines; probabilities in float32's shortest form."""
+    """The scores as JSON predictions (with their explanations when asked) or CSV 'probability,flag' lines;
+    probabilities in float32's shortest form."""
     shown = [float(str(p)) for p in probabilities]
     flags = (probabilities >= threshold).astype(int).tolist()
     if kind == CSV:
@@ -272,7 +290,21 @@ def predictions(
     if policy_ids is not None:
         for row, policy_id in zip(rows, policy_ids, strict=True):
             row[KEY] = policy_id
+    for row, explanation in zip(rows, explanations or [], strict=False):
+        row["explanation"] = explanation
     return json_response(200, {"predictions": rows})
+
+
+def reasons_asked(kind: str) -> int | None:
+    """The number of reasons per record the request asks for (explain.requested), or None; 400 for a bad number,
+    406 when the answer would be CSV."""
+    try:
+        count = explain.requested(request.headers.get(explain.CUSTOM_ATTRIBUTES), request.args.get(explain.KEY))
+    except ValueError as error:
+        raise RequestError(400, str(error)) from None
+    if count and kind == CSV:
+        raise RequestError(406, f"explanations are answered in {JSON}: ask with Accept: {JSON}")
+    return count
 
 
 # ---------------------------------------------------------------------------------------- the app
@@ -303,18 +335,25 @@ def create_app(
         if model is None:
             raise RequestError(503, load_error)
         kind = response_type(request.accept_mimetypes)
+        reasons = reasons_asked(kind)
         body = read_body(max_bytes)
         if not body.strip():
             raise RequestError(400, f"empty body: send {CSV} feature rows or {JSON} records")
         if request.mimetype == CSV:
-            return predictions(model.predict(csv_matrix(body, model.features)), threshold, kind)
-        if request.mimetype == JSON:
+            matrix, typed = csv_matrix(body, model.features), None
+        elif request.mimetype == JSON:
             if model.raw_input_error:
                 raise RequestError(415, model.raw_input_error)
-            matrix, policy_ids = json_features(json_records(body), model.features)
-            return predictions(model.predict(matrix), threshold, kind, policy_ids)
-        given = shown(request.content_type) if request.content_type else "none"
-        raise RequestError(415, f"unsupported Content-Type: {given}; use {CSV} or {JSON}")
+            matrix, typed = json_features(json_records(body), model.features)
+        else:
+            given = shown(request.content_type) if request.content_type else "none"
+            raise RequestError(415, f"unsupported Content-Type: {given}; use {CSV} or {JSON}")
+        explained = None
+        if reasons:
+            values = typed if typed is not None else model.values(matrix)
+            explained = explain.explanations(model.contributions(matrix), model.features, values, reasons)
+        policy_ids = None if typed is None else [record[KEY] for record in typed]
+        return predictions(model.predict(matrix), threshold, kind, policy_ids, explained)
 
     @app.errorhandler(RequestError)
     def refused(error: RequestError) -> Response:

@@ -557,7 +557,7 @@ def test_image_serves_a_model_on_its_published_port_whatever_slow_clients_do(ima
 
     code = tmp_path / "code"
     code.mkdir()
-    for script in ("serving/serve.py", "processing/features.py"):
+    for script in ("serving/serve.py", "serving/explain.py", "processing/features.py"):
         shutil.copy(ROOT / script, code)
     with open(splits / "headered" / "test.csv") as file:
         row = file.readlines()[1].split(",", 2)[2]  # policy_id, fraud, then the features

@@ -6,12 +6,14 @@ import csv
 import io
 import json
 import logging
+import math
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,8 @@ from flask import Flask
 from test_contract import CANDIDATES
 from werkzeug.serving import make_server
 
+import explain
+import features
 import serve
 from features import FEATURES, FLOAT_MAX, KEY, LABEL, parse_number
 from harness import ROOT, Reply, call, free_port, running, stalled_connections, wait_until_ready
@@ -484,7 +488,7 @@ def test_model_artifact_serves_with_its_own_code(
     argv = [*channels, "--manifest", str(splits / "manifest"), "--model-dir", str(model), "--verbose", "0"]
     done = subprocess.run([sys.executable, str(source / "train.py"), *argv], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (model / "code").iterdir()) == ["features.py", "serve.py"]
+    assert sorted(p.name for p in (model / "code").iterdir()) == ["explain.py", "features.py", "serve.py"]
     with running(model, "--workers", "1", script=model / "code/serve.py", env={"PYTHONPATH": ""}) as address:
         from_csv = probabilities(call(address, csv_body(cases), "text/csv"))
         from_json = probabilities(call(address, json.dumps([c.record for c in cases]), "application/json"))
@@ -506,7 +510,8 @@ def cli_serve(*args: str, **options) -> subprocess.Popen:
 
 
 def test_cli_serve_a_run_folder_with_its_threshold(model_dir: Path, cases: list[Case], tmp_path: Path) -> None:
-    """`fraud-pipeline serve --model runs/<id>`: the run's model, with the threshold of its evaluation.json."""
+    """`fraud-pipeline serve --model runs/<id>`: the run's model, with the threshold of its evaluation.json; it
+    answers ?explain=3 with additive reasons."""
     run = run_folder(model_dir, tmp_path, json.dumps({"threshold": {"value": 0.0, "method": "max_f1"}}))
     address = ("127.0.0.1", free_port())
     child = cli_serve("--model", str(run), "--port", str(address[1]), "--workers", "1")
@@ -516,6 +521,8 @@ def test_cli_serve_a_run_folder_with_its_threshold(model_dir: Path, cases: list[
         assert reply.status == 200, reply.text
         assert reply.json()["predictions"][0]["threshold"] == 0.0
         assert reply.json()["predictions"][0]["fraud"] == 1
+        records = json.dumps([case.record for case in cases])
+        assert_additive(explained(call(address, records, "application/json", path="/invocations?explain=3")), 3)
     finally:
         child.terminate()
         child.wait(timeout=60)
@@ -607,3 +614,108 @@ def test_csv_values_read_as_the_contract_reads_numbers(value: str) -> None:
     else:
         with pytest.raises(serve.RequestError, match=r"row 1, column 1 \(a\): expected a finite number"):
             serve.csv_matrix(lines.getvalue().encode(), names)
+
+
+# ---------------------------------------------------------------------------------------- explanations
+
+
+def logit(probability: float) -> float:
+    return math.log(probability / (1 - probability))
+
+
+def explained(reply: Reply) -> list[dict]:
+    assert reply.status == 200, reply.text
+    return reply.json()["predictions"]
+
+
+def assert_additive(predictions: list[dict], reasons: int) -> None:
+    """base + the reasons' contributions + rest is the logit of fraud_probability; the reasons are the largest."""
+    for prediction in predictions:
+        explanation = prediction["explanation"]
+        contributions = [reason["contribution"] for reason in explanation["reasons"]]
+        assert len(contributions) == reasons
+        total = explanation["base"] + sum(contributions) + explanation["rest"]
+        assert total == pytest.approx(logit(prediction["fraud_probability"]), abs=1e-4)
+        assert [abs(c) for c in contributions] == sorted((abs(c) for c in contributions), reverse=True)
+
+
+def test_json_explanations_are_additive_and_name_raw_columns(server: tuple[str, int], cases: list[Case]) -> None:
+    body = json.dumps([case.record for case in cases])
+    predictions = explained(call(server, body, "application/json", path="/invocations?explain=3"))
+    assert_additive(predictions, 3)
+    for case, prediction in zip(cases, predictions, strict=True):
+        for reason in prediction["explanation"]["reasons"]:
+            assert reason["column"] in serve.RAW_SCHEMA
+            assert (
+                reason["value"]
+                == features.validate_records(
+                    [{k: str(v) for k, v in case.record.items()}], serve.RAW_SCHEMA, "x", label=False
+                )[0][reason["column"]]
+            )
+
+
+def test_csv_explanations_match_the_same_claims_json_explanations(server: tuple[str, int], cases: list[Case]) -> None:
+    """The preprocessed feature row and the raw record of a claim: the same reasons, values decoded from the row."""
+    asked = {"X-Amzn-SageMaker-Custom-Attributes": "trace=abc; explain=5"}
+    from_csv = explained(call(server, csv_body(cases), "text/csv", headers=asked))
+    from_json = explained(call(server, json.dumps([c.record for c in cases]), "application/json", headers=asked))
+    assert_additive(from_csv, 5)
+    for by_row, by_record in zip(from_csv, from_json, strict=True):
+        rows, records = by_row["explanation"]["reasons"], by_record["explanation"]["reasons"]
+        assert [r["column"] for r in rows] == [r["column"] for r in records]
+        assert [r["contribution"] for r in rows] == pytest.approx([r["contribution"] for r in records], abs=1e-6)
+        for row, record in zip(rows, records, strict=True):
+            assert row["value"] == record["value"] or (row["column"] == "customer_gender" and row["value"] is None)
+
+
+def test_one_hot_contributions_are_summed_into_their_column(model_dir: Path, cases: list[Case]) -> None:
+    """Every column asked: the reasons are all contract columns once each, their contributions the sums of their
+    features' TreeSHAP values, and nothing is left in rest."""
+    model = serve.Model(model_dir)
+    matrix, typed_records = serve.json_features([case.record for case in cases], model.features)
+    contributions = model.contributions(matrix)
+    columns = list(dict.fromkeys(features.RAW_COLUMN[name] for name in model.features))
+    answers = explain.explanations(contributions, model.features, typed_records, 100)
+    for row, answer in zip(contributions, answers, strict=True):
+        assert sorted(r["column"] for r in answer["reasons"]) == sorted(columns)
+        assert answer["rest"] == 0
+        by_column = {r["column"]: r["contribution"] for r in answer["reasons"]}
+        members = [i for i, name in enumerate(model.features) if name.startswith("incident_type_")]
+        assert len(members) == 3
+        assert by_column["incident_type"] == pytest.approx(float(row[members].astype(np.float64).sum()), abs=1e-9)
+        assert answer["base"] == pytest.approx(float(row[-1]))
+
+
+def test_no_explanation_unless_asked(server: tuple[str, int], cases: list[Case]) -> None:
+    assert "explanation" not in explained(call(server, csv_body(cases[:1]), "text/csv"))[0]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "three", "1.5", "", "٣"])
+def test_a_bad_number_of_reasons_is_refused(server: tuple[str, int], cases: list[Case], value: str) -> None:
+    reply = call(server, csv_body(cases[:1]), "text/csv", path=f"/invocations?explain={urllib.parse.quote(value)}")
+    assert_refused(reply, 400, "explain: expected a positive integer")
+    if value.isascii():
+        asked = {"X-Amzn-SageMaker-Custom-Attributes": f"explain={value}"}
+        assert_refused(
+            call(server, csv_body(cases[:1]), "text/csv", headers=asked), 400, "explain: expected a positive"
+        )
+
+
+def test_explanations_are_not_given_as_csv(server: tuple[str, int], cases: list[Case]) -> None:
+    reply = call(server, csv_body(cases[:1]), "text/csv", accept="text/csv", path="/invocations?explain=2")
+    assert_refused(reply, 406, "explanations are answered in application/json")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "query", "expected"),
+    [
+        (None, None, None),
+        ("explain=3", None, 3),
+        ("a=b;explain= 4 ,c=d", None, 4),
+        ("explainer=2", None, None),
+        ("explain=3", "2", 2),
+        ("no pairs here", None, None),
+    ],
+)
+def test_the_number_of_reasons_asked(attributes: str | None, query: str | None, expected: int | None) -> None:
+    assert explain.requested(attributes, query) == expected

@@ -362,7 +362,7 @@ def test_serving_code_staged_beside_the_script_goes_into_the_model(splits: Path,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    for name in ("serve.py", "features.py"):
+    for name in ("serve.py", "explain.py", "features.py"):
         assert (model_dir / "code" / name).read_bytes() == (staged / name).read_bytes()
     assert not (model_dir / "code" / "train.py").exists()
 

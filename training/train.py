@@ -70,7 +70,7 @@ CV_MAX_ROWS = 50_000
 one fold (a fifth of the rows is then enough for a steady choice, at a fifth of the cost)."""
 MANIFEST_FILE = "manifest.json"
 IGNORED_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
-SERVING_CODE = ("serve.py", "features.py")
+SERVING_CODE = ("serve.py", "explain.py", "features.py")
 """Copied into MODEL_DIR/code when they sit beside this script (the pipeline stages them there), so the
 model artifact carries the server and the feature transforms it was trained with."""
 NTHREAD = os.cpu_count() or 1
