@@ -1,4 +1,4 @@
-"""Evaluate the fraud model on the test split: evaluation.json (ModelQuality format) and curve plots.
+"""Evaluate the fraud model on the test split: evaluation.json (ModelQuality format), curve plots, explainability.
 
 Runs in a SageMaker processing container (defaults under /opt/ml/processing) or bare:
 
@@ -10,6 +10,10 @@ Writes, under the output directory:
                                   a bootstrap standard deviation) and the confusion matrix (actual -> predicted);
                                   plus the decision threshold, recall at the top 5% of scores, test rows and fraud rate
     roc_curve.png, precision_recall_curve.png
+    explainability.json           each contract column's mean |SHAP| on the test rows (exact TreeSHAP of the log-odds,
+                                  one-hot features summed into their column), in SageMaker Clarify's explainability
+                                  layout (explanations.kernel_shap.<label>.global_shap_values, expected_value)
+    explainability.png            those values as a bar chart, largest first
 
 The threshold is chosen on the validation split, never on the test rows: on the validation labels and scores
 train.py saves beside the model (validation_scores.csv, scored by the model trained on the train split alone,
@@ -49,6 +53,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 import atomic_outputs
+from features import LABEL, sum_by_column
 
 PROCESSING = Path("/opt/ml/processing")
 MODEL_FILE = "xgboost-model.json"
@@ -264,6 +269,41 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: dict) -> dict:
     }
 
 
+def global_explanation(booster: xgb.Booster, features: np.ndarray) -> dict:
+    """explainability.json: mean |SHAP| per contract column over the rows (largest first), and the mean base value."""
+    matrix = xgb.DMatrix(features, feature_names=booster.feature_names)
+    contributions = booster.predict(matrix, pred_contribs=True)
+    names = booster.feature_names or [f"f{i}" for i in range(features.shape[1])]
+    columns, per_column = sum_by_column(contributions[:, :-1], names)
+    importance = np.abs(per_column).mean(axis=0)
+    order = np.argsort(-importance, kind="stable")
+    return {
+        "version": "1.0",
+        "explanations": {
+            "kernel_shap": {
+                LABEL: {
+                    "global_shap_values": {columns[j]: round(float(importance[j]), 6) for j in order},
+                    "expected_value": round(float(contributions[:, -1].astype(np.float64).mean()), 6),
+                }
+            }
+        },
+        "method": "exact TreeSHAP (XGBoost pred_contribs) of the log-odds, one-hot features summed into their "
+        "contract column, mean absolute value over the test rows",
+        "rows": len(features),
+    }
+
+
+def explanation_plot(document: dict) -> bytes:
+    """The global SHAP values as horizontal bars, the largest on top."""
+    values = document["explanations"]["kernel_shap"][LABEL]["global_shap_values"]
+    fig = Figure(figsize=(6, 0.3 * len(values) + 1))
+    ax = fig.subplots()
+    ax.barh(list(values)[::-1], list(values.values())[::-1])
+    ax.set(xlabel="mean |SHAP value| (log-odds)", title=f"What drives the fraud score ({document['rows']} test rows)")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _png(fig: Figure) -> bytes:
     """The figure as PNG bytes (matplotlib's Agg renderer; no pyplot state, no timestamp)."""
     buffer = io.BytesIO()
@@ -330,18 +370,20 @@ def run(args: argparse.Namespace) -> None:
     threshold = pick_threshold(validation_labels, validation_scores, args.threshold_method, args.alert_rate)
     threshold.update(chosen_on="validation", validation_rows=len(validation_labels))
     document = evaluate(labels, scores, threshold)
-    images = plots(labels, scores, document)
+    explanation = global_explanation(booster, features)
+    images = {**plots(labels, scores, document), "explainability.png": explanation_plot(explanation)}
     outputs = {
-        args.output_dir / "evaluation.json": atomic_outputs.text_writer(
-            json.dumps(document, indent=2, allow_nan=False) + "\n"
-        )
+        args.output_dir / name: atomic_outputs.text_writer(json.dumps(content, indent=2, allow_nan=False) + "\n")
+        for name, content in (("evaluation.json", document), ("explainability.json", explanation))
     }
     outputs.update({args.output_dir / name: atomic_outputs.bytes_writer(png) for name, png in images.items()})
     atomic_outputs.write_all(outputs)
     summary = document["binary_classification_metrics"]
     print(f"test:auc={summary['auc']['value']:.6f} (+/- {summary['auc']['standard_deviation']:.6f})")
     print(f"threshold={document['threshold']['value']:.6f} ({args.threshold_method}), f1={summary['f1']['value']:.6f}")
-    print(f"wrote evaluation.json, {', '.join(images)} under {args.output_dir}")
+    top = list(explanation["explanations"]["kernel_shap"][LABEL]["global_shap_values"].items())[:3]
+    print("top reasons (mean |SHAP|): " + ", ".join(f"{column} {value:.4f}" for column, value in top))
+    print(f"wrote evaluation.json, explainability.json, {', '.join(images)} under {args.output_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -502,8 +502,8 @@ class Builder:
     def register(
         self, evaluate: ProcessingStep, report: PropertyFile, gate: BiasGate, model_data, lineage: dict
     ) -> ModelStep:
-        """The model package: the model and its serving image, its quality and bias reports, the bias drift
-        baselines, and as metadata the operating threshold and `lineage` (where the model came from)."""
+        """The model package: the model and its serving image, its quality, bias and explainability reports, the
+        bias drift baselines, and as metadata the operating threshold and `lineage` (where the model came from)."""
         config, registry = self.config, self.config.registry
         model = Model(
             image_uri=config.aws.image_uri,
@@ -511,10 +511,14 @@ class Builder:
             role=config.aws.role_arn,
             sagemaker_session=self.session,
         )
-        evaluation_uri = Join(on="/", values=[_output(evaluate, "evaluation"), "evaluation.json"])
+        evaluation_uri, explainability_uri = (
+            Join(on="/", values=[_output(evaluate, "evaluation"), name])
+            for name in ("evaluation.json", "explainability.json")
+        )
         metrics = ModelMetrics(
             model_statistics=MetricsSource(s3_uri=evaluation_uri, content_type="application/json"),
             bias_pre_training=MetricsSource(s3_uri=gate.calculated, content_type="application/json"),
+            explainability=MetricsSource(s3_uri=explainability_uri, content_type="application/json"),
         )
         step_args = model.register(
             content_types=registry.content_types,

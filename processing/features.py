@@ -119,6 +119,16 @@ RAW_COLUMN = {feature: _ONE_HOT_COLUMN.get(feature, feature) for feature in FEAT
 """Each feature's contract column: itself, or the category column a one-hot feature encodes."""
 
 
+def sum_by_column(values: np.ndarray, names: list[str]) -> tuple[list[str], np.ndarray]:
+    """Per-feature values (rows x names, e.g. SHAP contributions) summed into the contract column each feature
+    comes from (a feature outside the contract is its own column): the columns, first seen first, and the sums."""
+    columns = list(dict.fromkeys(RAW_COLUMN.get(name, name) for name in names))
+    grouping = np.zeros((len(names), len(columns)))
+    for i, name in enumerate(names):
+        grouping[i, columns.index(RAW_COLUMN.get(name, name))] = 1
+    return columns, values.astype(np.float64) @ grouping
+
+
 _SYMBOLS = re.compile(r"[^a-z0-9 ]")
 
 

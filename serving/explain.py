@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from features import RAW_COLUMN, shown
+from features import shown, sum_by_column
 
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 KEY = "explain"
@@ -39,11 +39,7 @@ def explanations(contributions: np.ndarray, names: list[str], values: list[dict[
     {"base": b, "reasons": [{"column": c, "value": v, "contribution": x}, ...], "rest": r}, the reasons being the
     K contract columns of largest |contribution| (features outside the contract are their own column) and
     `values` each record's value per column."""
-    columns = list(dict.fromkeys(RAW_COLUMN.get(name, name) for name in names))
-    grouping = np.zeros((len(names), len(columns)))
-    for i, name in enumerate(names):
-        grouping[i, columns.index(RAW_COLUMN.get(name, name))] = 1
-    per_column = contributions[:, :-1].astype(np.float64) @ grouping
+    columns, per_column = sum_by_column(contributions[:, :-1], names)
     answers = []
     for row, base, record in zip(per_column, contributions[:, -1].tolist(), values, strict=True):
         order = np.argsort(-np.abs(row), kind="stable")

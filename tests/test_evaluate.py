@@ -19,9 +19,16 @@ from conftest import ROOT, assert_outputs_survive_faults, files_under, outputs, 
 
 import evaluate
 import peak_memory
+from features import FEATURES, LABEL, RAW_COLUMN
 
 METRICS = ("auc", "pr_auc", "precision", "recall", "f1", "accuracy")
-OUTPUTS = ["evaluation.json", "precision_recall_curve.png", "roc_curve.png"]
+OUTPUTS = [
+    "evaluation.json",
+    "explainability.json",
+    "explainability.png",
+    "precision_recall_curve.png",
+    "roc_curve.png",
+]
 
 
 def run(model: Path, test: Path, output: Path, *extra: str) -> int:
@@ -54,7 +61,7 @@ def evaluated(trained: tuple[Path, str], splits: Path, tmp_path_factory: pytest.
 
 def test_writes_model_quality_document_and_plots(evaluated: Path, splits: Path) -> None:
     assert [p.name for p in files_under(evaluated)] == OUTPUTS
-    for png in OUTPUTS[1:]:
+    for png in (name for name in OUTPUTS if name.endswith(".png")):
         assert (evaluated / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     report = document(evaluated)
     manifest = json.loads((splits / "manifest/manifest.json").read_text())["splits"]["test"]
@@ -74,6 +81,29 @@ def test_writes_model_quality_document_and_plots(evaluated: Path, splits: Path) 
     assert report["threshold"]["method"] == "max_f1"
     assert 0 < report["threshold"]["value"] < 1
     assert 0 <= report["recall_at_top_5_percent"]["value"] <= 1
+
+
+def test_explainability_is_the_mean_absolute_shap_of_each_contract_column(
+    trained: tuple[Path, str], splits: Path, evaluated: Path
+) -> None:
+    """Clarify's layout; each column's value is the mean over the test rows of |the sum of its features' TreeSHAP
+    values| (the one-hot features of a category summed first), largest first; the base value is the mean bias."""
+    report = json.loads((evaluated / "explainability.json").read_text())
+    [(label, explanation)] = report["explanations"]["kernel_shap"].items()
+    assert label == LABEL
+    values = explanation["global_shap_values"]
+    assert set(values) == {RAW_COLUMN[name] for name in FEATURES} and "incident_type_theft" not in values
+    assert list(values.values()) == sorted(values.values(), reverse=True)
+
+    booster = xgb.Booster(model_file=trained[0] / "xgboost-model.json")
+    test = np.loadtxt(splits / "test" / "test.csv", delimiter=",", dtype=np.float32)
+    shap = booster.predict(xgb.DMatrix(test[:, 1:], feature_names=FEATURES), pred_contribs=True).astype(np.float64)
+    assert report["rows"] == len(test)
+    members = [FEATURES.index(name) for name in FEATURES if name.startswith("incident_type_")]
+    assert values["incident_type"] == pytest.approx(np.abs(shap[:, members].sum(axis=1)).mean(), abs=1e-6)
+    age = FEATURES.index("customer_age")
+    assert values["customer_age"] == pytest.approx(np.abs(shap[:, age]).mean(), abs=1e-6)
+    assert explanation["expected_value"] == pytest.approx(shap[:, -1].mean(), abs=1e-6)
 
 
 def validation_scores(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:

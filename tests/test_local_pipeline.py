@@ -105,6 +105,7 @@ def test_first_execution_runs_every_step_type_and_registers_the_best_job(first, 
     metrics = package["ModelMetrics"]
     assert metrics["ModelQuality"]["Statistics"]["S3Uri"].endswith("/evaluate/evaluation/evaluation.json")
     assert metrics["Bias"]["PreTrainingReport"]["S3Uri"].endswith("/bias-check/report/analysis.json")
+    assert metrics["Explainability"]["Report"]["S3Uri"].endswith("/evaluate/evaluation/explainability.json")
     drift = package["DriftCheckBaselines"]["Bias"]
     assert "/bias-check/baseline/" in drift["PreTrainingConstraints"]["S3Uri"]  # the supplied thresholds
     assert "/bias-check/monitoring/" in drift["ConfigFile"]["S3Uri"]
@@ -122,6 +123,9 @@ def test_first_execution_runs_every_step_type_and_registers_the_best_job(first, 
 
     lines = local.summary(first)
     assert lines[0] == f"execution {first.execution_id}: Succeeded"
+    explainability = json.loads((first.run_dir / "evaluation" / "explainability.json").read_text())
+    top = list(explainability["explanations"]["kernel_shap"]["fraud"]["global_shap_values"])[:5]
+    assert any(line.startswith("top reasons (mean |SHAP| on test): " + top[0]) for line in lines)
     assert f"registered {package['ModelPackageArn']} (PendingManualApproval)" in lines
 
 

@@ -171,6 +171,9 @@ def test_register_metrics_metadata_and_approval(doc):
     assert args["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
     statistics = args["ModelMetrics"]["ModelQuality"]["Statistics"]
     assert statistics["S3Uri"]["Std:Join"]["Values"][-1] == "evaluation.json"
+    explainability = args["ModelMetrics"]["Explainability"]["Report"]["S3Uri"]["Std:Join"]["Values"]
+    assert explainability[0] == statistics["S3Uri"]["Std:Join"]["Values"][0]  # the Evaluate step's output
+    assert explainability[-1] == "explainability.json"
     assert args["ModelMetrics"]["Bias"]["PreTrainingReport"]["S3Uri"] == {
         "Get": "Steps.DataBiasCheck.CalculatedBaselineConstraints"
     }

@@ -42,6 +42,8 @@ LOCAL_ROLE = "arn:aws:iam::000000000000:role/local-pipeline"
 LOCAL_BUCKET = "fraud-detection-local"
 FAIL_STEP = "AucBelowThreshold"
 STATE_FOLDER = "local-aws"
+REASONS_SHOWN = 5
+"""Global reasons (columns by mean |SHAP| on the test rows) a run's summary lists."""
 
 
 @dataclass
@@ -256,8 +258,8 @@ def run(
 
 
 def summary(result: RunResult) -> list[str]:
-    """What a person wants to read after a run: the outcome, what was cached, the tuning, AUC, threshold, bias
-    metrics, the registered package, where the files are."""
+    """What a person wants to read after a run: the outcome, what was cached, the tuning, AUC, threshold, the top
+    global reasons, bias metrics, the registered package, where the files are."""
     lines = [f"execution {result.execution_id}: {result.status}"]
     cached = [s["StepName"] for s in result.steps if "CacheHitResult" in s]
     if cached:
@@ -278,6 +280,11 @@ def summary(result: RunResult) -> list[str]:
         auc = report["binary_classification_metrics"]["auc"]["value"]
         threshold = report["threshold"]
         lines.append(f"AUC {auc:.4f}; threshold {threshold['value']:.4f} ({threshold['method']})")
+    explainability = result.run_dir / "evaluation" / "explainability.json"
+    if explainability.exists():
+        [label] = json.loads(explainability.read_text())["explanations"]["kernel_shap"].values()
+        top = list(label["global_shap_values"].items())[:REASONS_SHOWN]
+        lines.append("top reasons (mean |SHAP| on test): " + ", ".join(f"{c} {v:.4f}" for c, v in top))
     analysis = result.run_dir / "bias" / "analysis.json"
     if analysis.exists():
         facets = json.loads(analysis.read_text())["pre_training_bias_metrics"]["facets"]
