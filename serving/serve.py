@@ -104,6 +104,7 @@ class Model:
         saved = self.booster.feature_names
         if len(self.features) != self.booster.num_features() or saved not in (None, self.features):
             raise ModelError(f"{model_dir}: {MODEL_FILE} and {FEATURES_FILE} do not name the same features")
+        self.threads = threads
         if threads:
             self.booster.set_param({"nthread": threads})
         unknown = [name for name in self.features if name not in FEATURES]
@@ -119,7 +120,8 @@ class Model:
     def contributions(self, matrix: np.ndarray) -> np.ndarray:
         """Exact TreeSHAP contributions in log-odds, one column per feature and the base value last."""
         names = self.features if self.booster.feature_names else None
-        return self.booster.predict(xgb.DMatrix(matrix, feature_names=names), pred_contribs=True)
+        matrix = xgb.DMatrix(matrix, feature_names=names, nthread=self.threads or None)  # the worker's share of CPUs
+        return self.booster.predict(matrix, pred_contribs=True)
 
     def values(self, matrix: np.ndarray) -> list[dict[str, object]]:
         """Each CSV row's values per contract column (features.decode), or per feature for a model whose features
