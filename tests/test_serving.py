@@ -160,9 +160,9 @@ def test_json_records_score_as_their_csv_rows(
 def test_json_features_equal_preprocessed_rows(model_dir: Path, cases: list[Case]) -> None:
     """The JSON path builds, with features.py, exactly the feature rows preprocessing wrote."""
     names = serve.read_features(model_dir)
-    matrix, policy_ids = serve.json_features([case.record for case in cases], names)
+    matrix, typed_records = serve.json_features([case.record for case in cases], names)
     np.testing.assert_array_equal(matrix, serve.csv_matrix(csv_body(cases).encode(), names))
-    assert policy_ids == [case.policy_id for case in cases]
+    assert [record[KEY] for record in typed_records] == [case.policy_id for case in cases]
 
 
 def test_json_values_as_raw_csv_strings(server: tuple[str, int], cases: list[Case], expected: np.ndarray) -> None:
