@@ -14,7 +14,7 @@ the step does not write are never deleted (consumers read outputs by name, not b
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 PARTIAL = ".partial."
@@ -46,8 +46,10 @@ def _reason(error: OSError) -> str:
     return error.strerror or type(error).__name__
 
 
-def write_all(outputs: Mapping[Path, Writer]) -> None:
-    """Write every output through its writer, then move them all into place (see the module docstring).
+def write_all(outputs: Mapping[Path, Writer], stale: Iterable[Path] = ()) -> None:
+    """Write every output through its writer, then move them all into place (see the module docstring); then remove
+    the `stale` files, those a previous run may have written that this run's outputs do not include (so the folder
+    holds one run's outputs, never a mix).
 
     Raises OutputError (one line: the path and the reason) when a directory cannot be made, a write fails
     (read-only file system, disk full) or a writer raises OSError; any other exception propagates after
@@ -68,6 +70,11 @@ def write_all(outputs: Mapping[Path, Writer]) -> None:
                 os.replace(_partial(path), path)
             except OSError as error:
                 raise OutputError(f"{path}: cannot move the output into place ({_reason(error)})") from None
+        for path in stale:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                raise OutputError(f"{path}: cannot remove the previous run's file ({_reason(error)})") from None
     finally:
         for partial in written:
             try:

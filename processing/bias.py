@@ -28,7 +28,8 @@ Writes under --output-dir, as Clarify does: analysis.json (Clarify's shape: {"ve
 "pre_training_bias_metrics": {"label", "label_value_or_threshold", "facets": {<facet>: [{"value_or_threshold",
 "metrics": [{"name", "description", "value"}, ...]}]}}}), report.md, and constraint_violations.json when there
 are violations ({"version": "1.0", "violations": [{"facet", "facet_value", "metric_name",
-"constraint_check_type": "bias_drift_check", "description", "value", "baseline"}]}).
+"constraint_check_type": "bias_drift_check", "description", "value", "baseline"}]}); a run without violations
+removes an earlier run's constraint_violations.json, so the folder never mixes two runs' verdicts.
 
 Every output is written all or nothing (atomic_outputs): an output that cannot be written (read-only, disk full)
 exits 1 and leaves the previous outputs whole.
@@ -336,9 +337,10 @@ def json_text(document: dict) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def write_texts(outputs: dict[Path, str]) -> None:
-    """Write text files all or nothing; raises atomic_outputs.OutputError (an OSError) naming the file."""
-    atomic_outputs.write_all({path: atomic_outputs.text_writer(text) for path, text in outputs.items()})
+def write_texts(outputs: dict[Path, str], stale: list[Path]) -> None:
+    """Write text files all or nothing, then remove the `stale` ones; raises atomic_outputs.OutputError (an
+    OSError) naming the file."""
+    atomic_outputs.write_all({path: atomic_outputs.text_writer(text) for path, text in outputs.items()}, stale)
 
 
 def write_message(path: Path, message: str) -> None:
@@ -346,7 +348,7 @@ def write_message(path: Path, message: str) -> None:
     exists. A message file that cannot be written is skipped: the message is on stderr too."""
     if path.parent.is_dir():
         with contextlib.suppress(OSError):
-            write_texts({path: message[:1024] + "\n"})
+            write_texts({path: message[:1024] + "\n"}, [])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -415,7 +417,8 @@ def check(args: argparse.Namespace) -> int:
     if args.drift_baseline_dir:
         drift = document if args.register_new_baseline else baseline
         outputs[args.drift_baseline_dir / DRIFT_BASELINE_FILE] = json_text(drift)
-    write_texts(outputs)
+    violations = args.output_dir / VIOLATIONS_FILE
+    write_texts(outputs, [] if found else [violations])  # no violations now: an earlier run's file must go
     verdict = "check skipped" if args.skip_check else f"{len(found)} violation(s)" if judged else "no baseline"
     log.info("wrote %s and %s under %s (%s)", ANALYSIS_FILE, REPORT_FILE, args.output_dir, verdict)
     if found and args.fail_on_violation:

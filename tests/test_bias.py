@@ -161,6 +161,15 @@ def test_a_metric_farther_from_zero_than_its_baseline_is_a_violation(tmp_path, l
     assert violations.exists() == bool(violated)
 
 
+def test_a_rerun_without_violations_leaves_no_earlier_violations_file(tmp_path):
+    """The output folder holds one run's outputs: a passing rerun removes the violations a failing run wrote."""
+    dataset = write_dataset(tmp_path / "d.csv", *SKEWED)
+    assert run(dataset, tmp_path / "out", "--baseline", str(baseline_file(tmp_path / "b.json", DPL=0.39))) == 1
+    assert (tmp_path / "out" / "constraint_violations.json").exists()
+    assert run(dataset, tmp_path / "out", "--baseline", str(baseline_file(tmp_path / "b.json", DPL=0.5))) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["analysis.json", "report.md"]
+
+
 def test_a_baseline_metric_that_was_not_computed_is_a_violation(tmp_path, capsys):
     dataset = write_dataset(tmp_path / "d.csv", *SKEWED)
     baseline = baseline_file(tmp_path / "b.json", DPL=1.0)
