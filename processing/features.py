@@ -142,7 +142,8 @@ def _distinct(values: pd.Series, column: str) -> tuple[np.ndarray, pd.Series]:
     """Each row's code into the column's distinct values, and those values normalised: a category column has
     a few distinct values, so the string work is done once per value, not once per row."""
     codes, distinct = pd.factorize(values, use_na_sentinel=False)
-    return codes, pd.Series([normalise(value, column) for value in distinct], dtype=object)
+    normalised = [normalise(value, column) if isinstance(value, str) else value for value in distinct]  # NaN: NaN
+    return codes, pd.Series(normalised, dtype=object)
 
 
 def encode(table: pd.DataFrame, schema: dict[str, tuple[str, object]]) -> pd.DataFrame:

@@ -200,6 +200,15 @@ def test_records_are_numbered_from_the_first_line_given() -> None:
         validate_records([{**CLAIM, "incident_type": "x"}], CLAIMS_SCHEMA, SOURCE, first_line=1)
 
 
+def test_a_missing_value_in_a_table_built_by_hand_is_refused_not_a_crash() -> None:
+    """A DataFrame made in code may hold None or NaN where a file holds ''; the table path refuses it as a value."""
+    frame = pd.concat([claims(), claims(incident_type=None, num_witnesses=float("nan"))], ignore_index=True)
+    with pytest.raises(ContractError) as caught:
+        validate(frame, CLAIMS_SCHEMA, SOURCE)
+    assert "column 'incident_type': expected one of Collision, Break-in, Theft; line 3: None" in str(caught.value)
+    assert "column 'num_witnesses'" in str(caught.value)
+
+
 def test_scored_records_need_no_label() -> None:
     typed = both(claims().drop(columns=["fraud"]), label=False)
     assert "fraud" not in typed
