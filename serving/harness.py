@@ -1,6 +1,6 @@
 """Run serve.py from this repository as a child process on loopback, and send it requests.
 
-For the tests and the benchmark, not for the model artifact (train.py copies serve.py and features.py only).
+For the tests and the benchmark, not for the model artifact (train.py copies serve.py, explain.py and features.py only).
 """
 
 from __future__ import annotations
