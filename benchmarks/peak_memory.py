@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 LAUNCHER = """
 import os, sys
@@ -31,7 +32,7 @@ def run(argv: list[str], **popen: object) -> tuple[subprocess.CompletedProcess, 
     """Run `argv` to its end (subprocess.run's keywords) -> (the completed process, its peak RSS in bytes)."""
     with tempfile.NamedTemporaryFile(prefix="peak-rss-") as report:
         done = subprocess.run([sys.executable, "-c", LAUNCHER, report.name, *argv], **popen)
-        return done, int(open(report.name).read() or 0)
+        return done, int(Path(report.name).read_text() or 0)
 
 
 if __name__ == "__main__":  # python benchmarks/peak_memory.py COMMAND...: its peak RSS in MiB on stderr

@@ -269,11 +269,10 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: dict) -> dict:
     }
 
 
-def global_explanation(booster: xgb.Booster, features: np.ndarray) -> dict:
+def global_explanation(booster: xgb.Booster, matrix: xgb.DMatrix) -> dict:
     """explainability.json: mean |SHAP| per contract column over the rows (largest first), and the mean base value."""
-    matrix = xgb.DMatrix(features, feature_names=booster.feature_names)
     contributions = booster.predict(matrix, pred_contribs=True)
-    names = booster.feature_names or [f"f{i}" for i in range(features.shape[1])]
+    names = booster.feature_names or [f"f{i}" for i in range(matrix.num_col())]
     columns, per_column = sum_by_column(contributions[:, :-1], names)
     importance = np.abs(per_column).mean(axis=0)
     order = np.argsort(-importance, kind="stable")
@@ -289,7 +288,7 @@ def global_explanation(booster: xgb.Booster, features: np.ndarray) -> dict:
         },
         "method": "exact TreeSHAP (XGBoost pred_contribs) of the log-odds, one-hot features summed into their "
         "contract column, mean absolute value over the test rows",
-        "rows": len(features),
+        "rows": matrix.num_row(),
     }
 
 
@@ -366,11 +365,12 @@ def run(args: argparse.Namespace) -> None:
             f"{test_file}: {features.shape[1]} feature columns after the label, "
             f"but the model expects {booster.num_features()}"
         )
-    scores = booster.predict(xgb.DMatrix(features, feature_names=booster.feature_names))
+    matrix = xgb.DMatrix(features, feature_names=booster.feature_names)
+    scores = booster.predict(matrix)
     threshold = pick_threshold(validation_labels, validation_scores, args.threshold_method, args.alert_rate)
     threshold.update(chosen_on="validation", validation_rows=len(validation_labels))
     document = evaluate(labels, scores, threshold)
-    explanation = global_explanation(booster, features)
+    explanation = global_explanation(booster, matrix)
     images = {**plots(labels, scores, document), "explainability.png": explanation_plot(explanation)}
     outputs = {
         args.output_dir / name: atomic_outputs.text_writer(json.dumps(content, indent=2, allow_nan=False) + "\n")

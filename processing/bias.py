@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,7 +338,7 @@ def json_text(document: dict) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def write_texts(outputs: dict[Path, str], stale: list[Path]) -> None:
+def write_texts(outputs: dict[Path, str], stale: Iterable[Path] = ()) -> None:
     """Write text files all or nothing, then remove the `stale` ones; raises atomic_outputs.OutputError (an
     OSError) naming the file."""
     atomic_outputs.write_all({path: atomic_outputs.text_writer(text) for path, text in outputs.items()}, stale)
@@ -348,7 +349,7 @@ def write_message(path: Path, message: str) -> None:
     exists. A message file that cannot be written is skipped: the message is on stderr too."""
     if path.parent.is_dir():
         with contextlib.suppress(OSError):
-            write_texts({path: message[:1024] + "\n"}, [])
+            write_texts({path: message[:1024] + "\n"})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -417,8 +418,7 @@ def check(args: argparse.Namespace) -> int:
     if args.drift_baseline_dir:
         drift = document if args.register_new_baseline else baseline
         outputs[args.drift_baseline_dir / DRIFT_BASELINE_FILE] = json_text(drift)
-    violations = args.output_dir / VIOLATIONS_FILE
-    write_texts(outputs, [] if found else [violations])  # no violations now: an earlier run's file must go
+    write_texts(outputs, stale=() if found else [args.output_dir / VIOLATIONS_FILE])  # an earlier run's verdict goes
     verdict = "check skipped" if args.skip_check else f"{len(found)} violation(s)" if judged else "no baseline"
     log.info("wrote %s and %s under %s (%s)", ANALYSIS_FILE, REPORT_FILE, args.output_dir, verdict)
     if found and args.fail_on_violation:

@@ -76,6 +76,9 @@ CUSTOMERS_SCHEMA: dict[str, tuple[str, object]] = {
     "auto_year": ("int", (1900, 2100)),
 }
 
+RAW_SCHEMA = {**CLAIMS_SCHEMA, **CUSTOMERS_SCHEMA}
+"""A scored record: one claim and its customer, both tables' columns (policy_id is in both)."""
+
 ONE_HOT: dict[str, list[str]] = {
     "driver_relationship": ["self", "spouse", "child", "other", "na"],
     "incident_type": ["collision", "breakin", "theft"],
@@ -438,13 +441,12 @@ def decode(values: dict[str, float]) -> dict[str, object]:
     """Feature values back to their contract columns' values (typed as validate() types them): a number, or a
     category in the contract's spelling; None where the features cannot tell (a one-hot group of zeros stands for
     every value it has no column for, as customer_gender's Other and Unkown)."""
-    schema = CLAIMS_SCHEMA | CUSTOMERS_SCHEMA
     raw: dict[str, object] = {}
     for feature, value in values.items():
         column = RAW_COLUMN.get(feature)
         if column is None:
             continue
-        kind, allowed = schema[column]
+        kind, allowed = RAW_SCHEMA[column]
         canonical = _canonical(column, tuple(allowed)) if kind == "category" else {}
         if column in ONE_HOT:
             if value == 1:

@@ -47,10 +47,9 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 import explain
 from features import (
-    CLAIMS_SCHEMA,
-    CUSTOMERS_SCHEMA,
     FEATURES,
     KEY,
+    RAW_SCHEMA,
     ContractError,
     clip,
     decode,
@@ -65,8 +64,6 @@ log = logging.getLogger("serve")
 
 MODEL_FILE = "xgboost-model.json"
 FEATURES_FILE = "features.json"
-RAW_SCHEMA = {**CLAIMS_SCHEMA, **CUSTOMERS_SCHEMA}
-"""A JSON record carries one claim and its customer: both tables' columns (policy_id is in both)."""
 JSON_SOURCE = "JSON records (line N is record N)"
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MAX_PAYLOAD_MB = 6
