@@ -1,13 +1,21 @@
-"""Pre-training data bias with smclarify (the library behind SageMaker Clarify), checked against a baseline.
+"""Data bias (pre-training) and model bias (post-training) with smclarify (the library behind SageMaker Clarify),
+checked against a baseline.
 
 Runs in a SageMaker processing container (defaults under /opt/ml/processing) or bare:
 
     python processing/bias.py --dataset out/headered/train.csv --output-dir out/bias \
         --thresholds DPL=0.1,KL=0.1,JS=0.05,TVD=0.1,KS=0.1
+    python processing/bias.py --stage post_training --predicted-label fraud_predicted \
+        --dataset out/evaluation/predictions.csv --output-dir out/model-bias --thresholds DPPL=0.1,RD=0.2
 
 What to compute: Clarify's own analysis_config.json (--analysis-config, as ClarifyCheckStep generates it: label,
-label_values_or_threshold, facet, methods.pre_training_bias.methods), or the flags --label, --positive-label,
---facet, --facet-values and --metrics.
+label_values_or_threshold, facet, excluded_columns, methods.pre_training_bias or methods.post_training_bias, and
+for post-training the predicted labels: a column of the dataset (predicted_label), or the model's endpoint
+(predictor, with --endpoint URL: the rows, less the label, are sent to it as text/csv in batches, and the label
+read from column predictor.label of its text/csv answer, as Clarify asks its shadow endpoint)), or the flags
+--stage, --label, --positive-label, --facet, --facet-values, --metrics, --predicted-label and --excluded-columns.
+Post-training metrics compare the predicted labels with the true ones across the facet (DPPL, DI, DCA, RD, ...; the flip
+test reads the other columns as the features).
 
 The check is a ClarifyCheckStep's, with Clarify's bias drift rule
 (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-quality-clarify-baseline-lifecycle.html,
@@ -17,7 +25,8 @@ or could not be computed; metrics the baseline does not name are reported, not j
 --baseline (a Clarify analysis.json, or a folder holding one), or --thresholds METRIC=LIMIT,... (a baseline made
 of those limits: the one the pipeline generates from pipeline.yaml's bias.thresholds). A folder given as
 --dataset, --baseline or --analysis-config is read by the name its producer writes: train.csv (preprocess's
-headered split); analysis.json or constraints.json (this step's analysis or drift baseline, the builder's
+headered train split) pre-training, test.csv (its headered test split) or predictions.csv (evaluate's)
+post-training; analysis.json or constraints.json (this step's analysis or drift baseline, the builder's
 supplied baseline); analysis_config.json.
     --skip-check true            compute and write, judge nothing (skip_check)
     --fail-on-violation false    write the violations, exit 0 (fail_on_violation)
@@ -25,18 +34,20 @@ supplied baseline); analysis_config.json.
                                  the calculated analysis with --register-new-baseline true, else the baseline
 
 Writes under --output-dir, as Clarify does: analysis.json (Clarify's shape: {"version": "1.0",
-"pre_training_bias_metrics": {"label", "label_value_or_threshold", "facets": {<facet>: [{"value_or_threshold",
-"metrics": [{"name", "description", "value"}, ...]}]}}}), report.md, and constraint_violations.json when there
-are violations ({"version": "1.0", "violations": [{"facet", "facet_value", "metric_name",
-"constraint_check_type": "bias_drift_check", "description", "value", "baseline"}]}); a run without violations
-removes an earlier run's constraint_violations.json, so the folder never mixes two runs' verdicts.
+"pre_training_bias_metrics" or "post_training_bias_metrics": {"label", "label_value_or_threshold", "facets":
+{<facet>: [{"value_or_threshold", "metrics": [{"name", "description", "value"}, ...]}]}}}), report.md, and
+constraint_violations.json when there are violations ({"version": "1.0", "violations": [{"facet",
+"facet_value", "metric_name", "constraint_check_type": "bias_drift_check", "description", "value",
+"baseline"}]}); a run without violations removes an earlier run's constraint_violations.json, so the folder
+never mixes two runs' verdicts.
 
 Every output is written all or nothing (atomic_outputs): an output that cannot be written (read-only, disk full)
 exits 1 and leaves the previous outputs whole.
 
 A violation exits 1, with a message naming each metric, its value and the baseline's on stderr and in
 /opt/ml/output/message (the processing job's ExitMessage). Bad input (no dataset, a missing label or facet
-column, a facet value absent from the data, an unreadable configuration or baseline) exits 2, writing nothing.
+column, a facet value absent from the data, an unreadable configuration or baseline, a baseline of the other
+stage, an endpoint that does not answer) exits 2, writing nothing.
 
 The facet and the label are treated as categorical. (smclarify would call any integer column with more
 than 5% distinct values continuous, so a 0/1 column of fewer than 40 rows would become a threshold.)
@@ -46,14 +57,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import math
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import smclarify.bias.metrics
 from smclarify.bias.report import FacetColumn, LabelColumn, StageType, bias_report, label_value_or_threshold
@@ -63,15 +79,49 @@ import atomic_outputs
 log = logging.getLogger("bias")
 PROCESSING = Path("/opt/ml/processing")
 MESSAGE_FILE = Path("/opt/ml/output/message")
-METRICS = ("CI", "DPL", "KL", "JS", "LP", "TVD", "KS")
-KNOWN_METRICS = sorted(f.__name__ for f in smclarify.bias.metrics.PRETRAINING_METRICS)
-SECTION = "pre_training_bias_metrics"
 ANALYSIS_FILE = "analysis.json"
 REPORT_FILE = "report.md"
 VIOLATIONS_FILE = "constraint_violations.json"
 DRIFT_BASELINE_FILE = "constraints.json"
-DATASET_FILE = "train.csv"
 CONFIG_FILE = "analysis_config.json"
+PREDICTED = "predicted_label"
+"""The column holding the model's predicted labels once read (from the dataset's column, or the endpoint)."""
+BATCH_ROWS = 1000
+"""Records per request to an endpoint."""
+ENDPOINT_WAIT_S = 120
+"""How long a starting endpoint is waited for (its /ping)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Pre-training (the data) or post-training (the model's predictions): what is computed and where it goes."""
+
+    name: str
+    section: str
+    """the analysis.json section (and the analysis config's method)"""
+    default_metrics: tuple[str, ...]
+    known_metrics: tuple[str, ...]
+    datasets: tuple[str, ...]
+    """the file names a dataset folder may hold: what the producers write"""
+
+
+STAGES = {
+    "pre_training": Stage(
+        "pre_training",
+        "pre_training_bias_metrics",
+        ("CI", "DPL", "KL", "JS", "LP", "TVD", "KS"),
+        tuple(sorted(f.__name__ for f in smclarify.bias.metrics.PRETRAINING_METRICS)),
+        ("train.csv",),  # preprocess's headered train split
+    ),
+    "post_training": Stage(
+        "post_training",
+        "post_training_bias_metrics",
+        ("AD", "DAR", "DCA", "DCR", "DI", "DPPL", "DRR", "FT", "GE", "RD", "SD", "TE"),
+        tuple(sorted(f.__name__ for f in smclarify.bias.metrics.POSTTRAINING_METRICS)),
+        ("test.csv", "predictions.csv"),  # preprocess's headered test split; evaluate's predictions
+    ),
+}
+METRICS = STAGES["pre_training"].default_metrics
 
 
 class InputError(ValueError):
@@ -87,6 +137,16 @@ class Settings:
     facet: str
     facet_values: list
     metrics: list[str]
+    stage: str = "pre_training"
+    predicted_label: str | None = None
+    """post-training: the dataset's column of predicted labels (Clarify's `predicted_label`)"""
+    predictor: dict | None = None
+    """post-training: Clarify's predictor config, when the predicted labels come from the model's endpoint"""
+    excluded_columns: tuple[str, ...] = ()
+
+    @property
+    def section(self) -> str:
+        return STAGES[self.stage].section
 
 
 def parse_value(text: str) -> int | float | str:
@@ -103,12 +163,13 @@ def values(text: str) -> list[int | float | str]:
     return [parse_value(v.strip()) for v in text.split(",") if v.strip()]
 
 
-def metric_names(text: str | list[str]) -> list[str]:
+def metric_names(text: str | list[str], stage: str = "pre_training") -> list[str]:
     names = [m.strip() for m in text.split(",") if m.strip()] if isinstance(text, str) else list(text)
-    unknown = [m for m in names if m not in KNOWN_METRICS]
+    known = STAGES[stage].known_metrics
+    unknown = [m for m in names if m not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown metric(s) {unknown}; pre-training metrics: {', '.join(KNOWN_METRICS)}"
+            f"unknown metric(s) {unknown}; {stage.replace('_', '-')} metrics: {', '.join(known)}"
         )
     return names
 
@@ -148,7 +209,7 @@ def baseline_from_thresholds(limits: dict[str, float], settings: Settings) -> di
     ]
     return {
         "version": "1.0",
-        SECTION: {
+        settings.section: {
             "label": settings.label,
             "label_value_or_threshold": facet_value_text(settings.positive_label),
             "facets": {
@@ -178,33 +239,42 @@ def read_json(path: Path, what: str, names: tuple[str, ...]) -> dict:
 
 
 def settings_from_analysis_config(path: Path) -> Settings:
-    """Settings from Clarify's analysis_config.json (the keys a pre-training bias analysis uses)."""
+    """Settings from Clarify's analysis_config.json: the keys a pre-training or a post-training bias analysis uses
+    (a ClarifyCheckStep's holds one of the two methods)."""
     config = read_json(path, "Clarify analysis config", (CONFIG_FILE,))
     try:
         [facet] = config["facet"]
-        methods = config["methods"]["pre_training_bias"]["methods"]
+        [stage] = [name for name in STAGES if STAGES[name].section.removesuffix("_metrics") in config["methods"]]
+        methods = config["methods"][f"{stage}_bias"]["methods"]
         settings = Settings(
             label=config["label"],
             positive_label=list(config["label_values_or_threshold"]),
             facet=facet["name_or_index"],
             facet_values=list(facet["value_or_threshold"]),
-            metrics=list(METRICS) if methods == "all" else metric_names(methods),
+            metrics=list(STAGES[stage].default_metrics) if methods == "all" else metric_names(methods, stage),
+            stage=stage,
+            predicted_label=config.get("predicted_label"),
+            predictor=config.get("predictor"),
+            excluded_columns=tuple(config.get("excluded_columns", ())),
         )
     except (KeyError, TypeError, ValueError, argparse.ArgumentTypeError) as error:
-        raise InputError(f"{path}: not a pre-training bias analysis config ({type(error).__name__}: {error})") from None
+        raise InputError(f"{path}: not a bias analysis config ({type(error).__name__}: {error})") from None
     if config.get("dataset_type", "text/csv") != "text/csv":
         raise InputError(f"{path}: dataset_type {config['dataset_type']!r}; this step reads text/csv")
+    if stage == "post_training" and not (settings.predicted_label or settings.predictor):
+        raise InputError(f"{path}: a post-training analysis needs predicted_label (a column) or a predictor")
     return settings
 
 
-def resolve_dataset(path: Path) -> Path:
-    """A CSV file, or a directory holding train.csv (as a processing input of preprocess's headered split is)."""
+def resolve_dataset(path: Path, names: tuple[str, ...]) -> Path:
+    """A CSV file, or a folder holding exactly one of `names` (what the dataset's producer writes)."""
     if path.is_file():
         return path
     if path.is_dir():
-        if (path / DATASET_FILE).is_file():
-            return path / DATASET_FILE
-        raise InputError(f"{path}: expected {DATASET_FILE} in this folder (the headered split preprocess writes)")
+        found = [path / name for name in names if (path / name).is_file()]
+        if len(found) == 1:
+            return found[0]
+        raise InputError(f"{path}: expected {' or '.join(names)} in this folder, found {len(found)} of them")
     raise InputError(f"{path}: file not found")
 
 
@@ -215,20 +285,28 @@ def categorical(column: pd.Series) -> pd.Series:
     return column.astype("category")
 
 
-def read_dataset(dataset: Path, settings: Settings) -> pd.DataFrame:
-    """The label and facet columns of the dataset, checked and made categorical."""
-    path = resolve_dataset(dataset)
+def read_dataset(dataset: Path, settings: Settings, endpoint: str | None = None) -> pd.DataFrame:
+    """The dataset, checked: the facet and label columns (and the predicted labels, post-training) categorical, and
+    post-training the other columns too (the features, which the flip test reads), less the excluded ones. The
+    predicted labels come from the dataset's column, or from the model's endpoint given the features."""
+    path = resolve_dataset(dataset, STAGES[settings.stage].datasets)
     try:
         frame = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not a readable CSV file ({error})") from None
-    missing = [c for c in (settings.label, settings.facet) if c not in frame]
+    post = settings.stage == "post_training"
+    wanted = [
+        settings.facet,
+        settings.label,
+        *([settings.predicted_label] if post and settings.predicted_label else []),
+    ]
+    missing = [c for c in (*wanted, *settings.excluded_columns) if c not in frame]
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}; columns: {', '.join(frame.columns)}")
-    frame = frame[[settings.facet, settings.label]]
+    frame = frame.drop(columns=list(settings.excluded_columns)) if post else frame[wanted]
     if frame.empty:
         raise InputError(f"{path}: no data rows")
-    for column in frame:
+    for column in wanted:
         if frame[column].isna().any():
             raise InputError(f"{path}: column '{column}' has {int(frame[column].isna().sum())} empty value(s)")
     if not frame[settings.facet].isin(settings.facet_values).any():
@@ -236,22 +314,74 @@ def read_dataset(dataset: Path, settings: Settings) -> pd.DataFrame:
         raise InputError(
             f"{path}: column '{settings.facet}': no row has facet value(s) {settings.facet_values}; values: {present}"
         )
-    return frame.apply(categorical)
+    if post:
+        if settings.predicted_label:
+            frame = frame.rename(columns={settings.predicted_label: PREDICTED})
+        else:
+            frame[PREDICTED] = endpoint_labels(frame.drop(columns=[settings.label]), settings.predictor, endpoint)
+        wanted = [settings.facet, settings.label, PREDICTED]
+    return frame.assign(**{column: categorical(frame[column]) for column in wanted})
+
+
+def endpoint_labels(features: pd.DataFrame, predictor: dict, endpoint: str | None) -> np.ndarray:
+    """The predicted labels of the model's endpoint for each row, asked as Clarify asks its shadow endpoint: the
+    rows (no header) in batches of `predictor.content_type` text/csv, the label read from column `predictor.label`
+    of each line of the `predictor.accept_type` text/csv answer."""
+    if endpoint is None:
+        raise InputError("the analysis config names a model (predictor): pass --endpoint, the URL of its endpoint")
+    label = predictor.get("label")
+    types = (predictor.get("content_type", "text/csv"), predictor.get("accept_type", "text/csv"))
+    if not isinstance(label, int) or isinstance(label, bool) or types != ("text/csv", "text/csv"):
+        raise InputError(
+            f"predictor {predictor}: this step reads text/csv answers to text/csv requests, label a column index"
+        )
+    wait_until_ready(endpoint)
+    labels = []
+    for start in range(0, len(features), BATCH_ROWS):
+        body = features.iloc[start : start + BATCH_ROWS].to_csv(header=False, index=False).encode()
+        request = urllib.request.Request(endpoint, body, {"Content-Type": types[0], "Accept": types[1]})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = response.read().decode()
+        except (urllib.error.URLError, OSError) as error:
+            raise InputError(f"{endpoint}: rows {start + 1}-{start + BATCH_ROWS}: no answer ({error})") from None
+        lines = np.loadtxt(io.StringIO(answer), delimiter=",", ndmin=2)
+        if lines.shape[0] != min(BATCH_ROWS, len(features) - start) or lines.shape[1] <= label:
+            raise InputError(f"{endpoint}: answered {lines.shape} to {min(BATCH_ROWS, len(features) - start)} rows")
+        labels.append(lines[:, label])
+    return np.concatenate(labels).astype(np.int64)
+
+
+def wait_until_ready(endpoint: str) -> None:
+    """Wait for a starting endpoint: its /ping answers 200 (as SageMaker waits for InService)."""
+    ping = endpoint.rsplit("/", 1)[0] + "/ping"
+    deadline = time.monotonic() + ENDPOINT_WAIT_S
+    while True:
+        try:
+            with urllib.request.urlopen(ping, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as error:
+            if time.monotonic() > deadline:
+                raise InputError(f"{ping}: the endpoint did not answer within {ENDPOINT_WAIT_S} s ({error})") from None
+        time.sleep(0.5)
 
 
 def analysis(frame: pd.DataFrame, settings: Settings) -> dict:
-    """Clarify's analysis.json document for the pre-training bias metrics."""
+    """Clarify's analysis.json document for the stage's bias metrics."""
     label = LabelColumn(settings.label, frame[settings.label], settings.positive_label)
+    post = settings.stage == "post_training"
     facets = bias_report(
         frame,
         FacetColumn(settings.facet, settings.facet_values),
         label,
-        StageType.PRE_TRAINING,
+        StageType.POST_TRAINING if post else StageType.PRE_TRAINING,
+        LabelColumn(PREDICTED, frame[PREDICTED], settings.positive_label) if post else None,
         metrics=settings.metrics,
     )
     return {
         "version": "1.0",
-        SECTION: {
+        settings.section: {
             "label": settings.label,
             "label_value_or_threshold": label_value_or_threshold(frame[settings.label], settings.positive_label),
             "facets": {settings.facet: facets},
@@ -259,13 +389,24 @@ def analysis(frame: pd.DataFrame, settings: Settings) -> dict:
     }
 
 
+def section_of(document: dict, where: str) -> str:
+    """The bias section an analysis.json-shaped document holds (InputError if none, or both)."""
+    found = [stage.section for stage in STAGES.values() if isinstance(document, dict) and stage.section in document]
+    if len(found) != 1:
+        expected = " or ".join(stage.section for stage in STAGES.values())
+        raise InputError(f"{where}: not a Clarify bias analysis (expected one section: {expected})")
+    return found[0]
+
+
 def facet_reports(document: dict) -> list[tuple[str, dict]]:
     """(facet name, {"value_or_threshold", "metrics"}) for every facet value of an analysis.json-shaped document."""
-    return [(facet, report) for facet, reports in document[SECTION]["facets"].items() for report in reports]
+    section = document[section_of(document, "analysis")]
+    return [(facet, report) for facet, reports in section["facets"].items() for report in reports]
 
 
 def metric_table(document: dict, where: str) -> dict[tuple[str, str, str], dict]:
     """{(facet, facet value, metric name): metric} of an analysis.json-shaped document (InputError if not one)."""
+    section_of(document, where)
     try:
         return {
             (facet, str(report["value_or_threshold"]), metric["name"]): metric
@@ -273,7 +414,7 @@ def metric_table(document: dict, where: str) -> dict[tuple[str, str, str], dict]
             for metric in report["metrics"]
         }
     except (KeyError, TypeError, AttributeError) as error:
-        message = f"{where}: not a Clarify pre-training bias analysis ({type(error).__name__}: {error})"
+        message = f"{where}: not a Clarify bias analysis ({type(error).__name__}: {error})"
         raise InputError(message) from None
 
 
@@ -302,12 +443,13 @@ def drift_violations(calculated: dict, baseline: dict) -> list[dict]:
 
 def markdown(document: dict, baseline: dict | None, found: list[dict]) -> str:
     """A short human-readable report: each metric, its baseline and whether it passed."""
-    section = document[SECTION]
+    name = section_of(document, "analysis")
+    section = document[name]
     limits = metric_table(baseline, "baseline") if baseline else {}
     failing = {(v["facet"], v["facet_value"], v["metric_name"]) for v in found}
     judged = "not judged (no baseline, or the check is skipped)" if baseline is None else f"{len(found)} violation(s)"
     lines = [
-        "# Pre-training bias report",
+        f"# {name.removesuffix('_bias_metrics').replace('_', '-').capitalize()} bias report",
         "",
         f"Label `{section['label']}`, positive value {section['label_value_or_threshold']}; {judged}.",
     ]
@@ -360,7 +502,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--positive-label", type=values, default=[1], help="comma-separated positive label values")
     parser.add_argument("--facet", default="customer_gender_female")
     parser.add_argument("--facet-values", type=values, default=[1], help="comma-separated sensitive facet values")
-    parser.add_argument("--metrics", type=metric_names, default=list(METRICS), help="comma-separated metric names")
+    parser.add_argument("--metrics", help="comma-separated metric names (default: the stage's usual ones)")
+    parser.add_argument("--stage", choices=sorted(STAGES), default="pre_training", help="what the flags compute")
+    parser.add_argument("--predicted-label", help="post-training: the dataset's column of predicted labels")
+    parser.add_argument("--endpoint", help="post-training: the URL of the model's endpoint (/invocations)")
+    parser.add_argument("--excluded-columns", default="", help="post-training: comma-separated columns to drop")
     baseline = parser.add_mutually_exclusive_group()
     baseline.add_argument("--baseline", type=Path, help="constraints to check against (analysis.json, or its folder)")
     baseline.add_argument("--thresholds", type=thresholds, help="METRIC=MAX_ABS_VALUE,...: the baseline as limits")
@@ -380,7 +526,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def settings_of(args: argparse.Namespace) -> Settings:
     if args.analysis_config:
         return settings_from_analysis_config(args.analysis_config)
-    return Settings(args.label, args.positive_label, args.facet, args.facet_values, args.metrics)
+    try:
+        metrics = metric_names(args.metrics, args.stage) if args.metrics else list(STAGES[args.stage].default_metrics)
+    except argparse.ArgumentTypeError as error:
+        raise InputError(f"--metrics: {error}") from None
+    if args.stage == "post_training" and not args.predicted_label:
+        raise InputError("--stage post_training needs --predicted-label, the dataset's column of predicted labels")
+    excluded = tuple(c.strip() for c in args.excluded_columns.split(",") if c.strip())
+    return Settings(
+        args.label,
+        args.positive_label,
+        args.facet,
+        args.facet_values,
+        metrics,
+        args.stage,
+        args.predicted_label,
+        None,
+        excluded,
+    )
 
 
 def baseline_of(args: argparse.Namespace, settings: Settings) -> dict | None:
@@ -393,6 +556,8 @@ def baseline_of(args: argparse.Namespace, settings: Settings) -> dict | None:
     if args.baseline is not None:
         document = read_json(args.baseline, "baseline", (ANALYSIS_FILE, DRIFT_BASELINE_FILE))
         metric_table(document, str(args.baseline))
+        if section_of(document, str(args.baseline)) != settings.section:
+            raise InputError(f"{args.baseline}: a baseline of {section_of(document, '')}, not {settings.section}")
         return document
     if args.drift_baseline_dir and not args.register_new_baseline:
         raise InputError(
@@ -405,7 +570,7 @@ def check(args: argparse.Namespace) -> int:
     """Compute, judge and write (all or nothing); the exit code: 1 for violations that fail the step, else 0."""
     settings = settings_of(args)
     baseline = baseline_of(args, settings)
-    frame = read_dataset(args.dataset, settings)
+    frame = read_dataset(args.dataset, settings, args.endpoint)
     document = analysis(frame, settings)
     judged = baseline is not None and not args.skip_check
     found = drift_violations(document, baseline) if judged else []

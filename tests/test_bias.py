@@ -1,5 +1,5 @@
-"""processing/bias.py: Clarify-shaped pre-training bias metrics with smclarify, and the ClarifyCheckStep's check
-against a baseline (Clarify's bias drift rule: farther from 0 than the baseline is a violation)."""
+"""processing/bias.py: Clarify-shaped pre- and post-training bias metrics with smclarify, and the ClarifyCheckStep's
+check against a baseline (Clarify's bias drift rule: farther from 0 than the baseline is a violation)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import json
 import math
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import assert_outputs_survive_faults, make_read_only, run_script
+from smclarify.bias.report import FacetColumn, LabelColumn, StageType, bias_report
 
 import bias
 
@@ -304,3 +307,173 @@ def test_the_pipeline_builder_loads_it_without_its_folder_on_the_path():
     )
     result = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd="/", check=False)
     assert (result.returncode, result.stdout) == (0, "1.0\n"), result.stderr
+
+
+# Post-training (model) bias: the predicted labels against the true ones across the facet.
+# The hand-checked case: 10 rows outside the facet (a) and 10 in it (d), 4 frauds in each;
+# a: 5 predicted (4 right, 1 false alarm); d: 2 predicted (both right, 2 frauds missed).
+HAND = pd.DataFrame(
+    {
+        "policy_id": range(20),
+        "fraud": [1, 1, 1, 1, 0, 0, 0, 0, 0, 0] * 2,
+        "customer_gender_female": [0] * 10 + [1] * 10,
+        "amount": [(i * 7 % 20) + 0.5 for i in range(20)],
+        "fraud_predicted": [1, 1, 1, 1, 1, 0, 0, 0, 0, 0] + [1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+    }
+)
+POST = ["--stage", "post_training", "--predicted-label", "fraud_predicted", "--excluded-columns", "policy_id"]
+POST += ["--metrics", "AD,DI,DPPL,FT,RD,TE"]
+
+
+def post_metrics(output: Path) -> dict[str, float]:
+    analysis = json.loads((output / "analysis.json").read_text())
+    [facet] = analysis["post_training_bias_metrics"]["facets"]["customer_gender_female"]
+    return {m["name"]: m["value"] for m in facet["metrics"]}
+
+
+def test_post_training_metrics_are_smclarifys_on_a_hand_checked_case(tmp_path):
+    HAND.to_csv(tmp_path / "predictions.csv", index=False)
+    assert run(tmp_path / "predictions.csv", tmp_path / "out", *POST) == 0
+    found = post_metrics(tmp_path / "out")
+    assert found["DPPL"] == pytest.approx(0.5 - 0.2)  # predicted-positive share, a minus d
+    assert found["DI"] == pytest.approx(0.2 / 0.5)  # d over a
+    assert found["AD"] == pytest.approx(0.9 - 0.8)  # accuracy, a minus d
+    assert found["RD"] == pytest.approx(1.0 - 0.5)  # recall, a minus d
+    frame = HAND.drop(columns="policy_id").astype(
+        {"fraud": "category", "customer_gender_female": "category", "fraud_predicted": "category"}
+    )
+    direct = bias_report(
+        frame,
+        FacetColumn("customer_gender_female", [1]),
+        LabelColumn("fraud", frame["fraud"], [1]),
+        StageType.POST_TRAINING,
+        LabelColumn("fraud_predicted", frame["fraud_predicted"], [1]),
+        metrics=["AD", "DI", "DPPL", "FT", "RD", "TE"],
+    )
+    assert found == {m["name"]: m["value"] for m in direct[0]["metrics"]}
+
+
+def test_a_post_training_metric_beyond_its_limit_fails_the_check(tmp_path, capsys):
+    HAND.to_csv(tmp_path / "predictions.csv", index=False)
+    assert run(tmp_path / "predictions.csv", tmp_path / "out", *POST, "--thresholds", "DPPL=0.1,AD=0.2") == 1
+    assert "bias check failed: DPPL (customer_gender_female=1) = 0.3, baseline 0.1" in capsys.readouterr().err
+    [violation] = json.loads((tmp_path / "out" / "constraint_violations.json").read_text())["violations"]
+    assert violation["metric_name"] == "DPPL"
+    assert "# Post-training bias report" in (tmp_path / "out" / "report.md").read_text()
+    assert run(tmp_path / "predictions.csv", tmp_path / "ok", *POST, "--thresholds", "DPPL=0.31") == 0
+
+
+def model_bias_config(path: Path, **predicted) -> Path:
+    """An analysis config as ClarifyCheckStep writes it for a ModelBiasCheckConfig (methods.post_training_bias)."""
+    config = {
+        "dataset_type": "text/csv",
+        "label": "fraud",
+        "label_values_or_threshold": [1],
+        "facet": [{"name_or_index": "customer_gender_female", "value_or_threshold": [1]}],
+        "excluded_columns": ["policy_id"],
+        "methods": {"post_training_bias": {"methods": ["DPPL", "FT"]}, "report": {"name": "report", "title": "R"}},
+        **predicted,
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_analysis_config_with_predicted_labels_in_the_dataset(tmp_path):
+    HAND.to_csv(tmp_path / "predictions.csv", index=False)
+    config = model_bias_config(tmp_path / "analysis_config.json", predicted_label="fraud_predicted")
+    assert run(tmp_path / "predictions.csv", tmp_path / "out", "--analysis-config", str(config)) == 0
+    assert post_metrics(tmp_path / "out") == pytest.approx({"DPPL": 0.3, "FT": post_metrics_of_flags()["FT"]})
+
+
+def post_metrics_of_flags() -> dict[str, float]:
+    frame = HAND.drop(columns="policy_id").astype({c: "category" for c in ("fraud", "customer_gender_female")})
+    frame["fraud_predicted"] = frame["fraud_predicted"].astype("category")
+    [report] = bias_report(
+        frame,
+        FacetColumn("customer_gender_female", [1]),
+        LabelColumn("fraud", frame["fraud"], [1]),
+        StageType.POST_TRAINING,
+        LabelColumn("fraud_predicted", frame["fraud_predicted"], [1]),
+        metrics=["DPPL", "FT"],
+    )
+    return {m["name"]: m["value"] for m in report["metrics"]}
+
+
+@pytest.fixture
+def endpoint():
+    """A model endpoint answering as the project's server does for text/csv: "probability,flag" per row; it
+    flags the rows HAND predicts (recognised by their policy-free features: amount and facet) and keeps the
+    request bodies."""
+    bodies: list[str] = []
+    flagged = {(row.customer_gender_female, row.amount) for row in HAND.itertuples() if row.fraud_predicted}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/ping" else 404)
+            self.end_headers()
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            bodies.append(body)
+            rows = [line.split(",") for line in body.splitlines()]
+            answer = "".join(f"0.5,{int((int(r[0]), float(r[1])) in flagged)}\n" for r in rows)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/csv")
+            self.end_headers()
+            self.wfile.write(answer.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/invocations", bodies
+    server.shutdown()
+
+
+def test_predicted_labels_from_the_models_endpoint_as_clarify_asks_it(tmp_path, endpoint, monkeypatch):
+    """With a predictor (the model's shadow endpoint, in Clarify), the rows less the label and the excluded columns
+    go to the endpoint as headerless text/csv, in batches; the label is the answer's column predictor.label."""
+    url, bodies = endpoint
+    monkeypatch.setattr(bias, "BATCH_ROWS", 8)
+    HAND.drop(columns="fraud_predicted")[["policy_id", "fraud", "customer_gender_female", "amount"]].to_csv(
+        tmp_path / "test.csv", index=False
+    )
+    predictor = {"content_type": "text/csv", "accept_type": "text/csv", "label": 1, "probability": 0}
+    config = model_bias_config(tmp_path / "analysis_config.json", predictor=predictor)
+    assert run(tmp_path, tmp_path / "out", "--analysis-config", str(config), "--endpoint", url) == 0
+    assert post_metrics(tmp_path / "out") == pytest.approx(post_metrics_of_flags())
+    assert [len(body.splitlines()) for body in bodies] == [8, 8, 4]
+    assert bodies[0].splitlines()[0] == "0,0.5"  # customer_gender_female, amount: no header, policy id or label
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--stage", "post_training"], "--stage post_training needs --predicted-label"),
+        (["--stage", "post_training", "--predicted-label", "score"], "missing column(s) score"),
+        ([*POST[:6], "--metrics", "DPL"], "--metrics: unknown metric(s) ['DPL']; post-training metrics: AD, CDDPL"),
+    ],
+)
+def test_bad_post_training_settings_exit_2(tmp_path, capsys, argv, message):
+    HAND.to_csv(tmp_path / "predictions.csv", index=False)
+    assert run(tmp_path / "predictions.csv", tmp_path / "out", *argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_baseline_of_the_other_stage_is_refused(tmp_path, capsys):
+    HAND.to_csv(tmp_path / "predictions.csv", index=False)
+    baseline = baseline_file(tmp_path / "b.json", DPL=0.1)
+    assert run(tmp_path / "predictions.csv", tmp_path / "out", *POST, "--baseline", str(baseline)) == 2
+    assert "a baseline of pre_training_bias_metrics, not post_training_bias_metrics" in capsys.readouterr().err
+
+
+def test_an_analysis_config_without_a_source_of_predictions_is_refused(tmp_path, capsys):
+    HAND.to_csv(tmp_path / "predictions.csv", index=False)
+    config = model_bias_config(tmp_path / "analysis_config.json")
+    assert run(tmp_path / "predictions.csv", tmp_path / "out", "--analysis-config", str(config)) == 2
+    assert "needs predicted_label (a column) or a predictor" in capsys.readouterr().err
+    predictor = model_bias_config(tmp_path / "analysis_config.json", predictor={"label": 1})
+    assert run(tmp_path / "predictions.csv", tmp_path / "out", "--analysis-config", str(predictor)) == 2
+    assert "pass --endpoint, the URL of its endpoint" in capsys.readouterr().err
