@@ -14,6 +14,8 @@ Writes, under the output directory:
                                   one-hot features summed into their column), in SageMaker Clarify's explainability
                                   layout (explanations.kernel_shap.<label>.global_shap_values, expected_value)
     explainability.png            those values as a bar chart, largest first
+    predictions.csv               the test rows with a header (the label, the features) and fraud_predicted, the
+                                  model's label at the threshold: the dataset of the post-training bias check
 
 The threshold is chosen on the validation split, never on the test rows: on the validation labels and scores
 train.py saves beside the model (validation_scores.csv, scored by the model trained on the train split alone,
@@ -53,11 +55,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 import atomic_outputs
-from features import LABEL, sum_by_column
+from features import LABEL, PREDICTED_LABEL, sum_by_column
 
 PROCESSING = Path("/opt/ml/processing")
 MODEL_FILE = "xgboost-model.json"
 SCORES_FILE = "validation_scores.csv"
+PREDICTIONS_FILE = "predictions.csv"
 """Beside the model (train.py writes it): the validation split's labels and scores, which the threshold is chosen on."""
 TEST_FILE = "test.csv"
 MAX_ARCHIVE_MIB = 128
@@ -165,8 +168,9 @@ def load_model(path: Path) -> tuple[xgb.Booster, np.ndarray, np.ndarray]:
     return booster, *_read_scores(files[SCORES_FILE], where)
 
 
-def read_test(path: Path) -> tuple[np.ndarray, np.ndarray, Path]:
-    """Labels and features of the headerless test CSV (a file, or a directory's test.csv)."""
+def read_test(path: Path) -> tuple[np.ndarray, np.ndarray, Path, pd.DataFrame]:
+    """Labels and features of the headerless test CSV (a file, or a directory's test.csv), and the features as
+    written (stripped text)."""
     if path.is_dir():
         if not (path / TEST_FILE).is_file():
             raise InputError(f"{path}: holds no {TEST_FILE}")
@@ -179,7 +183,8 @@ def read_test(path: Path) -> tuple[np.ndarray, np.ndarray, Path]:
         raise InputError(f"{path}: the file is empty") from None
     except (UnicodeDecodeError, pd.errors.ParserError) as error:
         raise InputError(f"{path}: not a readable CSV file ({str(error).strip()})") from None
-    values = raw.apply(lambda column: pd.to_numeric(column.str.strip(), errors="coerce")).to_numpy(np.float64)
+    raw = raw.apply(lambda column: column.str.strip())
+    values = raw.apply(lambda column: pd.to_numeric(column, errors="coerce")).to_numpy(np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
         row, col = np.argwhere(bad)[0]
@@ -187,7 +192,7 @@ def read_test(path: Path) -> tuple[np.ndarray, np.ndarray, Path]:
     labels = values[:, 0]
     if not np.isin(labels, (0, 1)).all() or len(np.unique(labels)) < 2:
         raise InputError(f"{path}: column 1 (the label) must be 0 or 1, with both classes present")
-    return labels.astype(int), values[:, 1:].astype(np.float32), path
+    return labels.astype(int), values[:, 1:].astype(np.float32), path, raw.iloc[:, 1:]
 
 
 def top_count(fraction: float, rows: int) -> int:
@@ -338,6 +343,14 @@ def plots(labels: np.ndarray, scores: np.ndarray, document: dict) -> dict[str, b
     return {"roc_curve.png": roc, "precision_recall_curve.png": _png(fig)}
 
 
+def predictions_csv(labels: np.ndarray, features: pd.DataFrame, names: list[str], predicted: np.ndarray) -> str:
+    """The test rows with a header: the label, the features as the test split writes them, the predicted label."""
+    frame = features.set_axis(names, axis=1)
+    frame.insert(0, LABEL, labels)
+    frame[PREDICTED_LABEL] = predicted.astype(int)
+    return frame.to_csv(index=False, lineterminator="\n")
+
+
 def rate(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
@@ -359,7 +372,7 @@ def run(args: argparse.Namespace) -> None:
     """Check the inputs and the output directory, then evaluate and write the outputs."""
     atomic_outputs.check_directory(args.output_dir)
     booster, validation_labels, validation_scores = load_model(args.model)
-    labels, features, test_file = read_test(args.test)
+    labels, features, test_file, written = read_test(args.test)
     if features.shape[1] != booster.num_features():
         raise InputError(
             f"{test_file}: {features.shape[1]} feature columns after the label, "
@@ -377,13 +390,18 @@ def run(args: argparse.Namespace) -> None:
         for name, content in (("evaluation.json", document), ("explainability.json", explanation))
     }
     outputs.update({args.output_dir / name: atomic_outputs.bytes_writer(png) for name, png in images.items()})
+    outputs[args.output_dir / PREDICTIONS_FILE] = atomic_outputs.text_writer(
+        predictions_csv(labels, written, booster.feature_names, scores >= threshold["value"])
+    )
     atomic_outputs.write_all(outputs)
     summary = document["binary_classification_metrics"]
     print(f"test:auc={summary['auc']['value']:.6f} (+/- {summary['auc']['standard_deviation']:.6f})")
     print(f"threshold={document['threshold']['value']:.6f} ({args.threshold_method}), f1={summary['f1']['value']:.6f}")
     top = list(explanation["explanations"]["kernel_shap"][LABEL]["global_shap_values"].items())[:3]
     print("top reasons (mean |SHAP|): " + ", ".join(f"{column} {value:.4f}" for column, value in top))
-    print(f"wrote evaluation.json, explainability.json, {', '.join(images)} under {args.output_dir}")
+    print(
+        f"wrote evaluation.json, explainability.json, {', '.join(images)}, {PREDICTIONS_FILE} under {args.output_dir}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

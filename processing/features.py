@@ -18,6 +18,8 @@ import pyarrow.compute as pc
 
 KEY = "policy_id"
 LABEL = "fraud"
+PREDICTED_LABEL = f"{LABEL}_predicted"
+"""The column of evaluate's predictions.csv holding the model's predicted label at the operating threshold."""
 EVENT_TIME = "event_time"
 
 INT_MAX = 2**53 - 1

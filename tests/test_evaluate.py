@@ -19,7 +19,7 @@ from conftest import ROOT, assert_outputs_survive_faults, files_under, outputs, 
 
 import evaluate
 import peak_memory
-from features import FEATURES, LABEL, RAW_COLUMN
+from features import FEATURES, KEY, LABEL, PREDICTED_LABEL, RAW_COLUMN
 
 METRICS = ("auc", "pr_auc", "precision", "recall", "f1", "accuracy")
 OUTPUTS = [
@@ -27,6 +27,7 @@ OUTPUTS = [
     "explainability.json",
     "explainability.png",
     "precision_recall_curve.png",
+    "predictions.csv",
     "roc_curve.png",
 ]
 
@@ -104,6 +105,21 @@ def test_explainability_is_the_mean_absolute_shap_of_each_contract_column(
     age = FEATURES.index("customer_age")
     assert values["customer_age"] == pytest.approx(np.abs(shap[:, age]).mean(), abs=1e-6)
     assert explanation["expected_value"] == pytest.approx(shap[:, -1].mean(), abs=1e-6)
+
+
+def test_predictions_are_the_test_rows_with_the_label_at_the_threshold(splits: Path, evaluated: Path) -> None:
+    """predictions.csv (the post-training bias check's dataset): the headered test split's label and features, as
+    written, and the predicted label, 1 where the score reaches the threshold, agreeing with the confusion matrix."""
+    predictions = pd.read_csv(evaluated / "predictions.csv", dtype=str)
+    headered = pd.read_csv(splits / "headered" / "test.csv", dtype=str)
+    assert list(predictions.columns) == [LABEL, *FEATURES, PREDICTED_LABEL]
+    pd.testing.assert_frame_equal(predictions[[LABEL, *FEATURES]], headered.drop(columns=KEY)[[LABEL, *FEATURES]])
+    matrix = document(evaluated)["binary_classification_metrics"]["confusion_matrix"]
+    pairs = predictions[[LABEL, PREDICTED_LABEL]].value_counts()
+    assert {f"{a}{p}": int(pairs.get((a, p), 0)) for a in "01" for p in "01"} == {
+        f"{a}{p}": matrix[a][p] for a in "01" for p in "01"
+    }
+    assert 0 < int(pairs.get(("1", "1"), 0)) < len(predictions)
 
 
 def validation_scores(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
