@@ -16,9 +16,11 @@ import xgboost as xgb
 import yaml
 from conftest import ROOT, assert_outputs_survive_faults, files_under, outputs, run_script
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
 
 import train
 from features import FEATURES
+from hyperparameters import HYPERPARAMETERS
 
 FINAL_AUC = r"^{}:auc=([0-9\.]+)$"
 TUNER_REGEX = r"{}:auc=([0-9\.]+)"  # as pipelines/pipeline.py's metric definitions read the log
@@ -73,7 +75,8 @@ def test_writes_model_and_prints_tuner_metrics(trained: tuple[Path, str], splits
 
 def test_defaults_match_pipeline_yaml() -> None:
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / "pipeline.yaml").read_text())
-    assert config["training"]["hyperparameters"] == train.DEFAULTS
+    assert config["training"]["hyperparameters"] == {name: spec.default for name, spec in HYPERPARAMETERS.items()}
+    assert config["training"]["mitigation"] == train.DEFAULTS["mitigation"]
 
 
 def read_split(splits: Path, name: str) -> np.ndarray:
@@ -88,7 +91,8 @@ def test_saved_model_is_refit_on_train_and_validation(trained: tuple[Path, str],
     assert booster.num_boosted_rounds() == description["rounds"]
     assert booster.feature_names == FEATURES
     both = np.concatenate([read_split(splits, "train"), read_split(splits, "validation")])
-    params = {**description["hyperparameters"], "eval_metric": "auc", "tree_method": "hist"}
+    params = {name: description["hyperparameters"][name] for name in HYPERPARAMETERS}
+    params.update(eval_metric="auc", tree_method="hist")
     del params["num_round"], params["early_stopping_rounds"]
     refit = xgb.train(params, xgb.DMatrix(both[:, 1:], label=both[:, 0], feature_names=FEATURES), description["rounds"])
     test = xgb.DMatrix(read_split(splits, "test")[:, 1:], feature_names=FEATURES)
@@ -177,13 +181,40 @@ def test_flags_override_file(splits: Path, tmp_path: Path) -> None:
         ([], {"num_round": "1e9"}, "hyperparameter num_round: '1e9' is not an integer in [1, 10000]"),
         (["--objective", "reg:squarederror"], None, "hyperparameter objective"),
         (["--eta"], None, "--eta has no value"),
+        (
+            ["--mitigation", "smote"],
+            None,
+            "hyperparameter mitigation: 'smote' is not one of 'none', 'reweigh', 'resample'",
+        ),
+        ([], {"facet": ""}, "hyperparameter facet: '' is not a non-empty string"),
+        (
+            ["--mitigation", "reweigh", "--facet", "customer_gender"],
+            None,
+            "hyperparameter facet: column 'customer_gender' is not one of the 45 feature columns",
+        ),
+        (
+            ["--mitigation", "resample", "--facet_values", "7,8"],
+            None,
+            "hyperparameter facet_values: '7,8' matches 0 of the 3496 train rows of column 'customer_gender_female'",
+        ),
+        (
+            ["--mitigation", "reweigh", "--facet_values", "0,1"],
+            None,
+            "hyperparameter facet_values: '0,1' matches 3496 of the 3496 train rows of column 'customer_gender_female'",
+        ),
+        (
+            ["--mitigation", "reweigh", "--facet_values", "female"],
+            None,
+            "hyperparameter facet_values: 'female' is not comma-separated numbers (column 'customer_gender_female'",
+        ),
     ],
 )
 def test_bad_hyperparameters(
     splits: Path, tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], file: dict | None, message: str
 ) -> None:
     assert run(splits, tmp_path / "model", *flags, hyperparameters=file, tmp=tmp_path) == 2
-    assert message in capsys.readouterr().err
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert message in line
     assert files_under(tmp_path / "model") == []
 
 
@@ -411,3 +442,129 @@ def test_outputs_are_all_or_nothing(splits: Path, small_disk, tmp_path: Path) ->
     argv += ["--manifest", str(splits / "manifest"), "--model-dir", str(disk / "model"), "--num_round", "10"]
     assert_outputs_survive_faults("training/train.py", disk, argv, [*argv, "--seed", "43"], tmp_path / "marker")
     assert sorted(outputs(disk)) == ["model/features.json", f"model/{train.SCORES_FILE}", "model/xgboost-model.json"]
+
+
+FACET = FEATURES.index("customer_gender_female") + 1
+"""The default facet's column in the splits (label first)."""
+
+
+def test_reweigh_weights_are_p_g_times_p_y_over_p_g_y() -> None:
+    """4 rows in the facet (1 fraud), 6 out (3 fraud): P(g) .4/.6, P(y) .4/.6, P(g, y) .1, .3, .3, .3."""
+    in_facet = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    labels = np.array([1, 0, 0, 0, 1, 1, 1, 0, 0, 0], np.float32)
+    weights = train.reweigh(labels, in_facet)
+    # (in, fraud) .4*.4/.1 = 1.6; (in, not) .4*.6/.3 = .8; (out, fraud) .6*.4/.3 = .8; (out, not) .6*.6/.3 = 1.2
+    assert weights.tolist() == pytest.approx([1.6, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 1.2, 1.2, 1.2])
+    assert np.average(labels[in_facet], weights=weights[in_facet]) == pytest.approx(0.4)
+    assert np.average(labels[~in_facet], weights=weights[~in_facet]) == pytest.approx(0.4)
+
+
+class Fits:
+    """What fit hands XGBoost: xgb.cv's matrix and folds, and each xgb.train's matrix and eval matrices."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cv: list[tuple[xgb.DMatrix, list]] = []
+        self.train: list[tuple[xgb.DMatrix, list]] = []
+        real_cv, real_train = xgb.cv, xgb.train
+
+        def cv(params: dict, dtrain: xgb.DMatrix, *args: object, **kwargs: object) -> object:
+            self.cv.append((dtrain, kwargs["folds"]))
+            return real_cv(params, dtrain, *args, **kwargs)
+
+        def fit(params: dict, dtrain: xgb.DMatrix, *args: object, **kwargs: object) -> object:
+            self.train.append((dtrain, [matrix for matrix, _ in kwargs.get("evals", [])]))
+            return real_train(params, dtrain, *args, **kwargs)
+
+        monkeypatch.setattr(train.xgb, "cv", cv)
+        monkeypatch.setattr(train.xgb, "train", fit)
+
+
+def facet_rows(rows: np.ndarray) -> np.ndarray:
+    return rows[:, FACET] == 1
+
+
+def test_reweigh_weights_the_fitted_rows_only(
+    splits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Weights over the train split for xgb.cv (which slices them per fold) and the train-split model, over
+    train + validation for the refit; the validation rows scored are not weighted. As SageMaker writes them."""
+    fits = Fits(monkeypatch)
+    hyperparameters = {"mitigation": '"reweigh"', "facet": '"customer_gender_female"', "facet_values": '"1"'}
+    assert run(splits, tmp_path / "model", "--num_round", "5", hyperparameters=hyperparameters, tmp=tmp_path) == 0
+    rows, validation = read_split(splits, "train"), read_split(splits, "validation")
+    both = np.concatenate([rows, validation])
+    expected = train.reweigh(rows[:, 0], facet_rows(rows))
+    [(cv_matrix, _)] = fits.cv
+    [(train_only, [_, scored]), (refit, [])] = fits.train
+    assert cv_matrix.get_weight() == pytest.approx(expected)
+    assert train_only.get_weight() == pytest.approx(expected)
+    assert refit.get_weight() == pytest.approx(train.reweigh(both[:, 0], facet_rows(both)))
+    assert scored.num_row() == len(validation) and len(scored.get_weight()) == 0
+    assert len(set(np.round(expected, 6))) == 4
+    out = capsys.readouterr().out
+    assert "mitigation reweigh, facet customer_gender_female in 1: weight per (in facet, fraud) (0,0)=" in out
+
+
+def test_resample_draws_from_the_smaller_group_only_and_is_seeded() -> None:
+    data = np.zeros((100, 2), np.float32)
+    data[:20, 1] = 1  # 20 rows in the facet, 80 out
+    rows = np.arange(100)[::-1]
+
+    def resampled(seed: int) -> np.ndarray:
+        return train.Mitigation("resample", "g", 1, np.array([1], np.float32), seed).rows(data, rows)
+
+    balanced = resampled(42)
+    assert balanced[:100].tolist() == rows.tolist()
+    assert len(balanced) == 160 and set(balanced[100:]) <= set(range(20))
+    assert np.sum(data[balanced, 1] == 1) == np.sum(data[balanced, 1] == 0) == 80
+    assert resampled(42).tolist() == balanced.tolist()
+    assert resampled(43).tolist() != balanced.tolist()
+
+
+def test_resample_of_rows_without_one_group_is_a_one_line_error() -> None:
+    """A cross-validation fold of a tiny facet may hold no row of it: nothing to draw from, said in one line."""
+    data = np.zeros((10, 2), np.float32)
+    data[:2, 1] = 1
+    mitigation = train.Mitigation("resample", "g", 1, np.array([1], np.float32), 42)
+    with pytest.raises(train.InputError, match=r"^mitigation resample: the 8 rows to fit hold none in the facet g "):
+        mitigation.rows(data, np.arange(2, 10))
+
+
+def test_resample_fits_balanced_rows_and_scores_held_out_rows_as_they_are(
+    splits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Each CV fold trains on its training indices plus draws of the smaller group, and is scored on the
+    stratified held-out indices untouched; the validation split is scored as it is; the refit is balanced."""
+    fits = Fits(monkeypatch)
+    assert run(splits, tmp_path / "model", "--num_round", "5", "--mitigation", "resample") == 0
+    rows, validation = read_split(splits, "train"), read_split(splits, "validation")
+    in_facet = facet_rows(rows)
+    smaller = min(in_facet.sum(), (~in_facet).sum())
+    [(cv_matrix, folds)] = fits.cv
+    assert cv_matrix.num_row() == len(rows)
+    labels = rows[:, 0]
+    stratified = StratifiedKFold(train.CV_FOLDS, shuffle=True, random_state=42).split(labels, labels)
+    for (fitted, held_out), (original, expected_held_out) in zip(folds, stratified, strict=True):
+        assert held_out.tolist() == expected_held_out.tolist()
+        assert fitted[: len(original)].tolist() == original.tolist()
+        drawn = fitted[len(original) :]
+        assert set(drawn) <= set(original) and len(set(in_facet[drawn])) == 1
+        assert in_facet[fitted].sum() == (~in_facet[fitted]).sum()
+    [(train_only, [_, scored]), (refit, [])] = fits.train
+    assert train_only.num_row() == 2 * (len(rows) - smaller)
+    assert scored.get_label().tolist() == validation[:, 0].tolist()
+    both = facet_rows(np.concatenate([rows, validation]))
+    assert refit.num_row() == 2 * max(both.sum(), (~both).sum())
+    out = capsys.readouterr().out
+    kept = f"{(~in_facet).sum()}/{in_facet.sum()}"
+    assert f"mitigation resample, facet customer_gender_female in 1: rows out/in the facet {kept} -> " in out
+
+
+def test_no_mitigation_leaves_the_model_as_without_the_settings(
+    splits: Path, tmp_path: Path, trained: tuple[Path, str]
+) -> None:
+    """none fits the rows as they are, whatever the facet (it is not even looked at): the same bytes as a run
+    given no settings."""
+    assert run(splits, tmp_path, "--mitigation", "none", "--facet", "no_such_column", "--facet_values", "7") == 0
+    for name in ("xgboost-model.json", train.SCORES_FILE):
+        assert (tmp_path / name).read_bytes() == (trained[0] / name).read_bytes()

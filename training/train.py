@@ -8,6 +8,12 @@ between hyperparameter settings) and its scores are saved for evaluate.py to cho
 on. The saved model is then refit with the same hyperparameters and rounds on train + validation, so it
 learns from every non-test row; its quality is measured on the test split by evaluate.py.
 
+The `mitigation` setting (pipeline.yaml's training.mitigation) counters a bias against the facet (`facet`, a
+feature column, and `facet_values`, comma-separated) in the rows being fit, never in those scored: `reweigh`
+weights each row P(g) P(y) / P(g, y) (Kamiran & Calders; g: in the facet or not, y: the label), `resample`
+draws rows of the smaller group (in the facet or not) with replacement, seeded by `seed`, until both groups are
+as large (in cross-validation, only each fold's training part); `none` fits the rows as they are.
+
 Runs in a SageMaker training container or bare:
 
     python training/train.py --train out/train --validation out/validation --manifest out/manifest \
@@ -45,6 +51,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,7 +62,7 @@ import xgboost as xgb
 from sklearn.model_selection import StratifiedKFold
 
 import atomic_outputs
-from hyperparameters import DEFAULTS, HYPERPARAMETERS
+from hyperparameters import ACCEPTED, DEFAULTS, SETTINGS
 
 LABEL = "fraud"
 CONFIG_FILE = Path("/opt/ml/input/config/hyperparameters.json")
@@ -104,17 +112,109 @@ class Result(NamedTuple):
     """On the train split, of the model trained on it alone, as validation_auc and validation_scores."""
     validation_auc: float
     validation_scores: np.ndarray
+    mitigation: str
+    """What the mitigation did to the train split, in words (Mitigation.describe)."""
+
+
+def reweigh(labels: np.ndarray, in_facet: np.ndarray) -> np.ndarray:
+    """Kamiran & Calders' weight of each row, P(g) P(y) / P(g, y) over these rows (g: in the facet or not, y: label):
+    the weighted label rate is then the same in and out of the facet."""
+    weights = np.empty(len(labels))
+    for group in (~in_facet, in_facet):
+        for label in (labels == 0, labels == 1):
+            cell = group & label
+            if cell.any():
+                weights[cell] = group.sum() * label.sum() / (len(labels) * cell.sum())
+    return weights
+
+
+class Mitigation(NamedTuple):
+    """The mitigation setting on the facet: feature `facet`, data column `column` (label first), `values`."""
+
+    method: str
+    facet: str
+    column: int
+    values: np.ndarray
+    seed: int
+
+    def in_facet(self, data: np.ndarray) -> np.ndarray:
+        return np.isin(data[:, self.column], self.values)
+
+    def rows(self, data: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The indices of data to fit on, of `rows`: for resample, rows of the smaller facet group drawn with
+        replacement (seeded) appended until both groups are as large; else `rows`."""
+        if self.method != "resample":
+            return rows
+        in_facet = self.in_facet(data)[rows]
+        smaller, larger = sorted((rows[in_facet], rows[~in_facet]), key=len)
+        if not len(smaller):
+            side = "outside" if in_facet.any() else "in"
+            raise InputError(
+                f"mitigation resample: the {len(rows)} rows to fit hold none {side} the facet {self.facet} "
+                "(a cross-validation fold of few rows?)"
+            )
+        drawn = np.random.default_rng(self.seed).choice(smaller, len(larger) - len(smaller))
+        return np.concatenate([rows, drawn])
+
+    def matrix(self, data: np.ndarray, names: list[str], resample: bool = True) -> xgb.DMatrix:
+        """The rows of data (label first) to fit on: balanced for resample (unless resample=False: xgb.cv's folds
+        are resampled instead), weighted over these rows for reweigh, as they are for none."""
+        if resample and self.method == "resample":
+            data = data[self.rows(data, np.arange(len(data)))]
+        weight = reweigh(data[:, 0], self.in_facet(data)) if self.method == "reweigh" else None
+        return xgb.DMatrix(data[:, 1:], label=data[:, 0], weight=weight, feature_names=names)
+
+    def describe(self, data: np.ndarray) -> str:
+        """One line: the mitigation and, on these rows, its weight per (facet group, label) or each group's rows."""
+        if self.method == "none":
+            return "mitigation none"
+        in_facet, labels = self.in_facet(data), data[:, 0]
+        head = f"mitigation {self.method}, facet {self.facet} in {','.join(f'{v:g}' for v in self.values)}"
+        if self.method == "reweigh":
+            weights = reweigh(labels, in_facet)
+            cells = [(g, y, (in_facet == g) & (labels == y)) for g in (0, 1) for y in (0, 1)]
+            found = " ".join(f"({g},{y})={weights[cell][0]:.4f}" for g, y, cell in cells if cell.any())
+            return f"{head}: weight per (in facet, {LABEL}) {found}"
+        after = in_facet[self.rows(data, np.arange(len(data)))]
+        before = f"{np.sum(~in_facet)}/{np.sum(in_facet)}"
+        return f"{head}: rows out/in the facet {before} -> {np.sum(~after)}/{np.sum(after)}"
+
+
+def mitigation(settings: dict[str, str], names: list[str], train: np.ndarray, seed: int) -> Mitigation:
+    """The mitigation settings, checked unless none: the facet is a feature, its values numbers that some but
+    not all train rows hold."""
+    method, facet, raw = settings["mitigation"], settings["facet"], settings["facet_values"]
+    if method == "none":
+        return Mitigation(method, facet, 0, np.empty(0), seed)
+    if facet not in names:
+        raise InputError(f"hyperparameter facet: column {facet!r} is not one of the {len(names)} feature columns")
+    try:
+        values = np.array([float(value) for value in raw.split(",")], np.float32)
+    except ValueError:
+        raise InputError(
+            f"hyperparameter facet_values: {raw!r} is not comma-separated numbers (column {facet!r} is numeric)"
+        ) from None
+    column = names.index(facet) + 1
+    held = int(np.isin(train[:, column], values).sum())
+    if not 0 < held < len(train):
+        raise InputError(
+            f"hyperparameter facet_values: {raw!r} matches {held} of the {len(train)} train rows of column {facet!r}; "
+            "mitigation needs rows in and out of the facet"
+        )
+    return Mitigation(method, facet, column, values, seed)
 
 
 def _convert(name: str, raw: Any) -> Any:
     """One hyperparameter from its SageMaker string form ('5', '"binary:logistic"', '1e-2') to its type."""
-    spec = HYPERPARAMETERS[name]
+    spec = ACCEPTED[name]
     value = raw
     if isinstance(raw, str):
         try:
             value = json.loads(raw)
         except ValueError:
             pass
+        if spec.kind is str and not isinstance(value, str):
+            value = raw  # '1' and '1.0' are strings to a str hyperparameter, as written
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -139,8 +239,8 @@ def resolve_hyperparameters(*sources: dict[str, Any]) -> dict[str, Any]:
         for name, value in source.items():
             if name.startswith(IGNORED_PREFIXES):
                 continue
-            if name not in HYPERPARAMETERS:
-                raise InputError(f"unknown hyperparameter {name!r}; known: {', '.join(HYPERPARAMETERS)}")
+            if name not in ACCEPTED:
+                raise InputError(f"unknown hyperparameter {name!r}; known: {', '.join(ACCEPTED)}")
             resolved[name] = _convert(name, value)
     return resolved
 
@@ -253,12 +353,20 @@ def feature_names(manifest: Path | None, count: int) -> list[str]:
     return names
 
 
-def choose_rounds(dtrain: xgb.DMatrix, params: dict[str, Any], num_round: int, early_stopping_rounds: int) -> int:
+def choose_rounds(
+    dtrain: xgb.DMatrix,
+    params: dict[str, Any],
+    num_round: int,
+    early_stopping_rounds: int,
+    fold_rows: Callable[[np.ndarray], np.ndarray],
+) -> int:
     """The number of rounds with the best mean held-out AUC: stratified CV_FOLDS-fold cross-validation of the
-    train split, or only its first fold when the split holds more than CV_MAX_ROWS rows."""
+    train split, or only its first fold when the split holds more than CV_MAX_ROWS rows. Each fold trains on
+    `fold_rows` of its training indices (Mitigation.rows) and is scored on its held-out rows as they are."""
     labels = dtrain.get_label()
     folds = StratifiedKFold(CV_FOLDS, shuffle=True, random_state=params["seed"]).split(labels, labels)
     folds = list(folds) if len(labels) <= CV_MAX_ROWS else [next(folds)]
+    folds = [(fold_rows(fitted), held_out) for fitted, held_out in folds]
     history = xgb.cv(params, dtrain, num_round, folds=folds, early_stopping_rounds=early_stopping_rounds)
     return len(history)
 
@@ -268,14 +376,19 @@ def fit(
 ) -> Result:
     """Choose the number of rounds on the train split (choose_rounds); train that many on the train split and
     score the validation split, unseen so far (the tuner's objective, and the scores the operating threshold
-    is chosen on); then refit as many rounds on train + validation: the model returned. Prints AUCs every
-    `verbose` rounds of the train-split model (0: never)."""
+    is chosen on); then refit as many rounds on train + validation: the model returned. Each fit is mitigated
+    (Mitigation.matrix; the settings default to SETTINGS'), the scored rows never. Prints AUCs every `verbose`
+    rounds of the train-split model (0: never)."""
     hp = dict(hyperparameters)
     num_round, early_stopping_rounds = hp.pop("num_round"), hp.pop("early_stopping_rounds")
+    settings = {name: hp.pop(name, spec.default) for name, spec in SETTINGS.items()}
     params = {**hp, "eval_metric": "auc", "tree_method": "hist", "nthread": NTHREAD}
-    dtrain = xgb.DMatrix(train[:, 1:], label=train[:, 0], feature_names=names)
+    mitigated = mitigation(settings, names, train, params["seed"])
+    dtrain = mitigated.matrix(train, names, resample=False)
+    rounds = choose_rounds(dtrain, params, num_round, early_stopping_rounds, partial(mitigated.rows, train))
+    if mitigated.method == "resample":
+        dtrain = mitigated.matrix(train, names)
     dvalidation = xgb.DMatrix(validation[:, 1:], label=validation[:, 0], feature_names=names)
-    rounds = choose_rounds(dtrain, params, num_round, early_stopping_rounds)
     history: dict = {}
     booster = xgb.train(
         params,
@@ -286,10 +399,14 @@ def fit(
         verbose_eval=False,
         callbacks=[PrintAuc(verbose)] if verbose else None,
     )
-    both = np.concatenate([train, validation])
-    final = xgb.train(params, xgb.DMatrix(both[:, 1:], label=both[:, 0], feature_names=names), num_boost_round=rounds)
+    final = xgb.train(params, mitigated.matrix(np.concatenate([train, validation]), names), num_boost_round=rounds)
     return Result(
-        final, rounds, history["train"]["auc"][-1], history["validation"]["auc"][-1], booster.predict(dvalidation)
+        final,
+        rounds,
+        history["train"]["auc"][-1],
+        history["validation"]["auc"][-1],
+        booster.predict(dvalidation),
+        mitigated.describe(train),
     )
 
 
@@ -368,6 +485,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> None:
     print(f"hyperparameters: {json.dumps(hyperparameters, sort_keys=True)}")
     print(f"train: {len(train)} rows, validation: {len(validation)} rows, {len(names)} features")
     result = fit(train, validation, names, hyperparameters, args.verbose)
+    print(result.mitigation)
     print(f"rounds={result.rounds}")
     print(f"train:auc={result.train_auc:.6f}")
     print(f"validation:auc={result.validation_auc:.6f}", flush=True)
