@@ -72,6 +72,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import smclarify.bias.metrics
+from smclarify.bias.metrics.common import metric_description
 from smclarify.bias.report import FacetColumn, LabelColumn, StageType, bias_report, label_value_or_threshold
 
 import atomic_outputs
@@ -371,14 +372,17 @@ def analysis(frame: pd.DataFrame, settings: Settings) -> dict:
     """Clarify's analysis.json document for the stage's bias metrics."""
     label = LabelColumn(settings.label, frame[settings.label], settings.positive_label)
     post = settings.stage == "post_training"
-    facets = bias_report(
-        frame,
-        FacetColumn(settings.facet, settings.facet_values),
-        label,
-        StageType.POST_TRAINING if post else StageType.PRE_TRAINING,
-        LabelColumn(PREDICTED, frame[PREDICTED], settings.positive_label) if post else None,
-        metrics=settings.metrics,
-    )
+    if post and not frame[PREDICTED].isin(settings.positive_label).any():  # smclarify refuses the whole report
+        facets = not_computed(settings, "no predicted label is positive (the model flags no row at its threshold)")
+    else:
+        facets = bias_report(
+            frame,
+            FacetColumn(settings.facet, settings.facet_values),
+            label,
+            StageType.POST_TRAINING if post else StageType.PRE_TRAINING,
+            LabelColumn(PREDICTED, frame[PREDICTED], settings.positive_label) if post else None,
+            metrics=settings.metrics,
+        )
     return {
         "version": "1.0",
         settings.section: {
@@ -387,6 +391,16 @@ def analysis(frame: pd.DataFrame, settings: Settings) -> dict:
             "facets": {settings.facet: facets},
         },
     }
+
+
+def not_computed(settings: Settings, reason: str) -> list[dict]:
+    """The facet's report with each metric of the post-training stage not computed, as smclarify reports one."""
+    functions = {f.__name__: f for f in smclarify.bias.metrics.POSTTRAINING_METRICS}
+    metrics = [
+        {"name": name, "description": metric_description(functions[name]), "value": None, "error": reason}
+        for name in sorted(settings.metrics)
+    ]
+    return [{"value_or_threshold": facet_value_text(settings.facet_values), "metrics": metrics}]
 
 
 def section_of(document: dict, where: str) -> str:

@@ -477,3 +477,20 @@ def test_an_analysis_config_without_a_source_of_predictions_is_refused(tmp_path,
     predictor = model_bias_config(tmp_path / "analysis_config.json", predictor={"label": 1})
     assert run(tmp_path / "predictions.csv", tmp_path / "out", "--analysis-config", str(predictor)) == 2
     assert "pass --endpoint, the URL of its endpoint" in capsys.readouterr().err
+
+
+def test_a_model_that_flags_nothing_has_no_post_training_metrics(tmp_path, capsys):
+    """smclarify refuses a report without a positive prediction: each metric is reported not computed, and a
+    limited one is a violation (Clarify's rule), naming why."""
+    HAND.assign(fraud_predicted=0).to_csv(tmp_path / "predictions.csv", index=False)
+    assert run(tmp_path / "predictions.csv", tmp_path / "out", *POST) == 0
+    analysis = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    [facet] = analysis["post_training_bias_metrics"]["facets"]["customer_gender_female"]
+    assert [m["name"] for m in facet["metrics"]] == ["AD", "DI", "DPPL", "FT", "RD", "TE"]
+    assert {m["value"] for m in facet["metrics"]} == {None}
+    assert facet["metrics"][2]["description"] == "Difference in Positive Proportions in Predicted Labels (DPPL)"
+    assert run(tmp_path / "predictions.csv", tmp_path / "gated", *POST, "--thresholds", "DPPL=0.1") == 1
+    assert (
+        "DPPL (customer_gender_female=1) could not be computed: no predicted label is positive "
+        "(the model flags no row at its threshold)" in capsys.readouterr().err
+    )
