@@ -155,12 +155,16 @@ _TRAINING = load_step_module("hyperparameters", ROOT / "training" / "hyperparame
 HYPERPARAMETERS = _TRAINING.HYPERPARAMETERS
 """Every hyperparameter's Spec: kind, default, bounds, whether it is tunable."""
 TUNABLE = _TRAINING.TUNABLE
+MITIGATION = _TRAINING.SETTINGS["mitigation"]
+"""training.mitigation: train.py's `mitigation` setting (the pipeline passes it, with bias.facet and
+bias.facet_values, as static hyperparameters)."""
 
 
 def _values(spec: Any) -> Any:
-    """The type of a hyperparameter's values: its one string, or a number of its kind within its bounds."""
+    """The type of a hyperparameter's values: one of its strings (any non-empty one when it lists none), or a
+    number of its kind within its bounds."""
     if spec.kind is str:
-        return Literal[spec.default]
+        return Literal[spec.choices] if spec.choices else Annotated[str, StringConstraints(min_length=1)]
     bounds = {}
     if spec.low is not None:
         bounds["gt" if spec.low_open else "ge"] = spec.kind(spec.low)
@@ -179,6 +183,7 @@ Hyperparameters = create_model(
 class Training(Section):
     compute: Compute = Compute()
     hyperparameters: Hyperparameters = Hyperparameters()
+    mitigation: _values(MITIGATION) = MITIGATION.default
 
 
 class _Range(Section):
@@ -249,26 +254,51 @@ class Evaluation(Section):
 
 
 BIAS_METRICS = {"CI", "DPL", "KL", "JS", "LP", "TVD", "KS", "CDDL"}
+POST_TRAINING_METRICS = {"AD", "CDDPL", "DAR", "DCA", "DCR", "DI", "DPPL", "DRR", "FT", "GE", "RD", "SD", "TE"}
+NOT_CENTRED_ON_ZERO = {"DI": 1}
+"""Metrics whose balanced value is not 0: the bias drift rule (farther from 0 than the limit) cannot gate them."""
+Limits = dict[str, Annotated[Float, Field(gt=0)]]
+
+
+def _check_metrics(metrics: list[str], limits: dict[str, float], known: set[str]) -> None:
+    unknown = sorted((set(metrics) | set(limits)) - known)
+    if unknown:
+        raise ValueError(f"unknown bias metric(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    unmeasured = sorted(set(limits) - set(metrics))
+    if unmeasured:
+        raise ValueError(f"thresholds for metric(s) not in metrics: {', '.join(unmeasured)}")
+    ungated = sorted(set(limits) & set(NOT_CENTRED_ON_ZERO))
+    if ungated:
+        balanced = ", ".join(f"{name}'s is {NOT_CENTRED_ON_ZERO[name]}" for name in ungated)
+        raise ValueError(f"the bias gate judges distance from 0, but {balanced}: gate DPPL instead")
+
+
+class PostTrainingBias(Section):
+    """The model bias gate: metrics of the predicted labels on the test split, at the operating threshold."""
+
+    metrics: list[str] = ["AD", "DAR", "DCA", "DCR", "DI", "DPPL", "DRR", "FT", "GE", "RD", "SD", "TE"]
+    thresholds: Limits = {}
+
+    @model_validator(mode="after")
+    def _known(self) -> PostTrainingBias:
+        _check_metrics(self.metrics, self.thresholds, POST_TRAINING_METRICS)
+        return self
 
 
 class Bias(Section):
     engine: Literal["clarify", "smclarify"] = "clarify"
-    facet: str = "customer_gender_female"
-    facet_values: list[Scalar] = [1]
+    facet: Annotated[str, StringConstraints(min_length=1)] = "customer_gender_female"
+    facet_values: Annotated[list[Scalar], Field(min_length=1)] = [1]
     label: str = "fraud"
     positive_label: Scalar = 1
     metrics: list[str] = ["CI", "DPL", "KL", "JS", "LP", "TVD", "KS"]
-    thresholds: dict[str, Annotated[Float, Field(gt=0)]] = {}
+    thresholds: Limits = {}
+    post_training: PostTrainingBias = PostTrainingBias()
     compute: Compute = Compute()
 
     @model_validator(mode="after")
     def _known(self) -> Bias:
-        unknown = sorted((set(self.metrics) | set(self.thresholds)) - BIAS_METRICS)
-        if unknown:
-            raise ValueError(f"unknown bias metric(s) {', '.join(unknown)}; known: {', '.join(sorted(BIAS_METRICS))}")
-        unmeasured = sorted(set(self.thresholds) - set(self.metrics))
-        if unmeasured:
-            raise ValueError(f"thresholds for metric(s) not in metrics: {', '.join(unmeasured)}")
+        _check_metrics(self.metrics, self.thresholds, BIAS_METRICS)
         return self
 
 

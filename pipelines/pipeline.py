@@ -1,9 +1,9 @@
 """get_pipeline(config, session): the fraud-detection SageMaker Pipeline, built from pipeline.yaml.
 
-DataVersion -> Preprocess -> FeatureStoreIngest, DataBiasCheck -> Tune -> Evaluate -> CheckAuc ->
-CheckNewModel -> Register | AucBelowThreshold. The same graph is published (a PipelineSession) and run locally
-(a LocalPipelineSession, pipelines/local/). Every setting comes from the Config; the step scripts live in
-processing/, training/ and evaluation/.
+DataVersion -> Preprocess -> FeatureStoreIngest, DataBiasCheck -> Tune -> Evaluate -> [ScoringModel ->]
+ModelBiasCheck, CheckAuc -> CheckNewModel -> Register | AucBelowThreshold. The same graph is published (a
+PipelineSession) and run locally (a LocalPipelineSession, pipelines/local/). Every setting comes from the Config;
+the step scripts live in processing/, training/ and evaluation/.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import sagemaker.utils
-from sagemaker.clarify import BiasConfig, DataConfig
+from sagemaker.clarify import BiasConfig, DataConfig, ModelConfig, ModelPredictedLabelConfig
 from sagemaker.drift_check_baselines import DriftCheckBaselines
 from sagemaker.estimator import Estimator
 from sagemaker.inputs import TrainingInput
@@ -31,7 +31,7 @@ from sagemaker.processing import FrameworkProcessor, ProcessingInput, Processing
 from sagemaker.sklearn.estimator import SKLearn
 from sagemaker.tuner import ContinuousParameter, HyperparameterTuner, IntegerParameter
 from sagemaker.workflow.check_job_config import CheckJobConfig
-from sagemaker.workflow.clarify_check_step import ClarifyCheckStep, DataBiasCheckConfig
+from sagemaker.workflow.clarify_check_step import ClarifyCheckStep, DataBiasCheckConfig, ModelBiasCheckConfig
 from sagemaker.workflow.condition_step import ConditionStep
 from sagemaker.workflow.conditions import ConditionEquals, ConditionGreaterThanOrEqualTo
 from sagemaker.workflow.execution_variables import ExecutionVariables
@@ -46,6 +46,9 @@ from sagemaker.workflow.utilities import hash_files_or_dirs
 
 from pipelines.config import ROOT, Config, load_step_module, s3_key, s3_uri
 
+_FEATURES = load_step_module("features", ROOT / "processing" / "features.py")
+KEY, PREDICTED_COLUMN = _FEATURES.KEY, _FEATURES.PREDICTED_LABEL
+
 STAGING = Path("build/code")
 CONTAINER = "/opt/ml/processing"
 PREPROCESS_OUTPUTS = ("train", "validation", "test", "headered", "features", "manifest")
@@ -58,6 +61,25 @@ AUC_PATH = "binary_classification_metrics.auc.value"
 THRESHOLD_PATH = "threshold.value"
 CLARIFY_REPORT = {"report": {"name": "report", "title": "Analysis Report"}}
 """What ClarifyCheckStep adds to an analysis config's methods (sagemaker/workflow/clarify_check_step.py)."""
+PREDICTED_LABEL = ModelPredictedLabelConfig(label=1)
+"""Where the predicted label is in the model's text/csv answer ("probability,flag" per record: serving/serve.py)."""
+
+
+class BiasCheck(NamedTuple):
+    """What sets one bias gate apart: its step, S3 folder, stage (bias.py's), metrics, limits and flags."""
+
+    name: str
+    folder: str
+    stage: str
+    metrics: list[str]
+    thresholds: dict[str, float]
+    skip: ParameterBoolean
+    register_new: ParameterBoolean
+
+
+class BiasChecks(NamedTuple):
+    data: BiasCheck
+    model: BiasCheck
 
 
 class BiasGate(NamedTuple):
@@ -158,6 +180,10 @@ class Parameters:
         )
         self.skip_bias_check = ParameterBoolean(name="SkipBiasCheck", default_value=False)
         self.register_new_bias_baseline = ParameterBoolean(name="RegisterNewBiasBaseline", default_value=False)
+        self.skip_model_bias_check = ParameterBoolean(name="SkipModelBiasCheck", default_value=False)
+        self.register_new_model_bias_baseline = ParameterBoolean(
+            name="RegisterNewModelBiasBaseline", default_value=False
+        )
 
     def all(self) -> list:
         return list(vars(self).values())
@@ -188,6 +214,27 @@ class Builder:
         self.staged: dict[str, str] = {}
         self.cache = CacheConfig(enable_caching=config.cache.enabled, expire_after=config.cache.expire_after)
         self.bucket = config.aws.bucket or session.default_bucket()
+        bias, params = config.bias, self.params
+        self.checks = BiasChecks(
+            data=BiasCheck(
+                "DataBiasCheck",
+                "bias-check",
+                "pre_training",
+                bias.metrics,
+                bias.thresholds,
+                params.skip_bias_check,
+                params.register_new_bias_baseline,
+            ),
+            model=BiasCheck(
+                "ModelBiasCheck",
+                "model-bias-check",
+                "post_training",
+                bias.post_training.metrics,
+                bias.post_training.thresholds,
+                params.skip_model_bias_check,
+                params.register_new_model_bias_baseline,
+            ),
+        )
 
     def uri(self, *parts: str) -> str:
         """s3://bucket/<aws.prefix>/<parts>: every S3 location the pipeline names, from non-empty parts."""
@@ -305,66 +352,131 @@ class Builder:
         )
         return ProcessingStep(name="FeatureStoreIngest", step_args=step_args, cache_config=self.cache)
 
-    def upload(self, document: dict, kind: str, name: str) -> str:
-        """Upload a JSON document under a key named by its content hash: bias-check/<kind>/<sha256[:16]>/<name>.
+    def upload(self, document: dict, folder: str, kind: str, name: str) -> str:
+        """Upload a JSON document under a key named by its content hash: <folder>/<kind>/<sha256[:16]>/<name>.
 
         An edit makes a new key (so the definition changes and cached steps re-run), and an upsert never
         rewrites a file that running executions read.
         """
         body = json.dumps(document)
-        key = s3_key(self.config.aws.prefix, "bias-check", kind, _digest(body), name)
+        key = s3_key(self.config.aws.prefix, folder, kind, _digest(body), name)
         self.session.upload_string_as_file_body(body, self.bucket, key, _kms(self.config))
         return s3_uri(self.bucket, key)
 
-    def bias_gate(self, preprocess: ProcessingStep) -> BiasGate:
-        """The pre-training bias gate (bias.engine): Clarify's ClarifyCheckStep, or the same check as a
-        processing step with smclarify. Either way it checks against a baseline made of bias.thresholds
-        (a metric farther from 0 than its limit fails the run), supplied to the step, so no earlier
-        approved model is needed and the gate means the same in the cloud and locally."""
+    def bias_gate(self, check: BiasCheck, data_config: DataConfig, model: ModelStep | None = None) -> BiasGate:
+        """A bias gate (bias.engine): Clarify's ClarifyCheckStep, or the same check as a processing step with
+        smclarify. Either way it checks against a baseline made of the stage's thresholds (a metric farther from 0
+        than its limit fails the run), supplied to the step, so no earlier approved model is needed and the gate
+        means the same in the cloud and locally. The model's gate (post-training) asks `model`'s endpoint for
+        its predictions (Clarify's shadow endpoint), or, with smclarify, reads them from data_config's
+        predicted_label column."""
         bias = self.config.bias
-        data_config = DataConfig(
-            s3_data_input_path=Join(on="/", values=[_output(preprocess, "headered"), "train.csv"]),
-            s3_output_path=self.output_uri("bias-check", "report"),
-            label=bias.label,
-            dataset_type="text/csv",
-            excluded_columns=["policy_id"],
-        )
         bias_config = BiasConfig(
             label_values_or_threshold=[bias.positive_label],
             facet_name=bias.facet,
             facet_values_or_threshold=bias.facet_values,
         )
+        model_config = self.shadow_endpoint(model) if model else None
         analysis_config = {
             **data_config.get_config(),
             **bias_config.get_config(),
-            "methods": {"pre_training_bias": {"methods": bias.metrics}, **CLARIFY_REPORT},
+            "methods": {f"{check.stage}_bias": {"methods": check.metrics}, **CLARIFY_REPORT},
+            **({"predictor": _predictor(model_config)} if model_config else {}),
         }
         script = _bias_script()
-        settings = script.Settings(bias.label, [bias.positive_label], bias.facet, list(bias.facet_values), bias.metrics)
-        baseline = script.baseline_from_thresholds(dict(bias.thresholds), settings)
+        settings = script.Settings(
+            bias.label, [bias.positive_label], bias.facet, list(bias.facet_values), check.metrics, check.stage
+        )
+        baseline = script.baseline_from_thresholds(dict(check.thresholds), settings)
         monitoring_config = BiasAnalysisConfig(bias_config, headers=None, label=bias.label)._to_dict()
-        supplied = self.upload(baseline, "baseline", "constraints.json")
-        config_file = self.upload(monitoring_config, "monitoring", "analysis_config.json")
+        supplied = self.upload(baseline, check.folder, "baseline", "constraints.json")
+        config_file = self.upload(monitoring_config, check.folder, "monitoring", "analysis_config.json")
         if bias.engine == "clarify":
             data_config.s3_analysis_config_output_path = self.uri(
-                "bias-check", "config", _digest(json.dumps(analysis_config))
+                check.folder, "config", _digest(json.dumps(analysis_config))
             )
-            step = self.clarify_check(
-                DataBiasCheckConfig(
-                    data_config, data_bias_config=bias_config, methods=bias.metrics, kms_key=_kms(self.config)
-                ),
-                supplied,
-            )
+            options = {"data_bias_config": bias_config, "methods": check.metrics, "kms_key": _kms(self.config)}
+            if model_config:
+                check_config = ModelBiasCheckConfig(
+                    data_config, model_config=model_config, model_predicted_label_config=PREDICTED_LABEL, **options
+                )
+            else:
+                check_config = DataBiasCheckConfig(data_config, **options)
+            step = self.clarify_check(check, check_config, supplied, model)
             calculated = step.properties.CalculatedBaselineConstraints
             drift = step.properties.BaselineUsedForDriftCheckConstraints
         else:
-            config_uri = self.upload(analysis_config, "config", "analysis_config.json")
-            step = self.smclarify_check(data_config.s3_data_input_path, config_uri, supplied)
+            config_uri = self.upload(analysis_config, check.folder, "config", "analysis_config.json")
+            step = self.smclarify_check(check, data_config.s3_data_input_path, config_uri, supplied)
             calculated = Join(on="/", values=[_output(step, "report"), "analysis.json"])
             drift = Join(on="/", values=[_output(step, "baseline"), "constraints.json"])
         return BiasGate(step, calculated, drift, config_file)
 
-    def clarify_check(self, check_config: DataBiasCheckConfig, supplied: str) -> ClarifyCheckStep:
+    def data_bias_gate(self, preprocess: ProcessingStep) -> BiasGate:
+        """The pre-training gate, before tuning: the data bias of the headered train split."""
+        bias, check = self.config.bias, self.checks.data
+        data_config = DataConfig(
+            s3_data_input_path=Join(on="/", values=[_output(preprocess, "headered"), "train.csv"]),
+            s3_output_path=self.output_uri(check.folder, "report"),
+            label=bias.label,
+            dataset_type="text/csv",
+            excluded_columns=[KEY],
+        )
+        return self.bias_gate(check, data_config)
+
+    def model_bias_gate(
+        self, preprocess: ProcessingStep, evaluate: ProcessingStep, model: ModelStep | None
+    ) -> BiasGate:
+        """The post-training gate, after evaluation: the model bias of its predicted labels on the test split at
+        the operating threshold; from the model's endpoint (clarify, `model`), or evaluate's predictions.csv."""
+        bias, check = self.config.bias, self.checks.model
+        where = {
+            "s3_output_path": self.output_uri(check.folder, "report"),
+            "label": bias.label,
+            "dataset_type": "text/csv",
+        }
+        if model:
+            data_config = DataConfig(
+                s3_data_input_path=Join(on="/", values=[_output(preprocess, "headered"), "test.csv"]),
+                excluded_columns=[KEY],
+                **where,
+            )
+        else:
+            data_config = DataConfig(
+                s3_data_input_path=Join(on="/", values=[_output(evaluate, "evaluation"), "predictions.csv"]),
+                predicted_label=PREDICTED_COLUMN,
+                **where,
+            )
+        return self.bias_gate(check, data_config, model)
+
+    def shadow_endpoint(self, model: ModelStep) -> ModelConfig:
+        """The endpoint Clarify creates from `model` to ask for predictions: text/csv both ways."""
+        return ModelConfig(
+            model_name=model.properties.ModelName,
+            instance_type=self.config.deploy.instance_type,
+            instance_count=1,
+            content_type="text/csv",
+            accept_type="text/csv",
+        )
+
+    def scoring_model(self, model_data, evaluate: ProcessingStep, report: PropertyFile) -> ModelStep:
+        """The model as its endpoint serves it (flagging at the operating threshold), for Clarify's shadow endpoint."""
+        model = self.model(model_data, env={"FRAUD_THRESHOLD": _threshold(evaluate, report)})
+        return ModelStep(name="ScoringModel", step_args=model.create(instance_type=self.config.deploy.instance_type))
+
+    def model(self, model_data, env: dict | None = None) -> Model:
+        """The trained model on the project image (its serve command)."""
+        return Model(
+            image_uri=self.config.aws.image_uri,
+            model_data=model_data,
+            role=self.config.aws.role_arn,
+            env=env,
+            sagemaker_session=self.session,
+        )
+
+    def clarify_check(self, check: BiasCheck, check_config, supplied: str, model: ModelStep | None) -> ClarifyCheckStep:
+        """The ClarifyCheckStep; after `model`'s creation (its ModelName is read outside the step's arguments, where
+        the SDK does not look for dependencies)."""
         config, bias = self.config, self.config.bias
         job_config = CheckJobConfig(
             role=config.aws.role_arn,
@@ -375,50 +487,51 @@ class Builder:
             volume_kms_key=_kms(config),
             output_kms_key=_kms(config),
             network_config=_network(config, False),
-            base_job_name=f"{config.project.name}-bias",
+            base_job_name=f"{config.project.name}-{check.folder}",
             sagemaker_session=self.session,
         )
         return ClarifyCheckStep(
-            name="DataBiasCheck",
+            name=check.name,
             clarify_check_config=check_config,
             check_job_config=job_config,
-            skip_check=self.params.skip_bias_check,
-            register_new_baseline=self.params.register_new_bias_baseline,
+            skip_check=check.skip,
+            register_new_baseline=check.register_new,
             supplied_baseline_constraints=supplied,
             model_package_group_name=config.registry.model_package_group,
             cache_config=self.cache,
+            depends_on=[model] if model else None,
         )
 
-    def smclarify_check(self, dataset, config_uri: str, supplied: str) -> ProcessingStep:
-        """ClarifyCheckStep's data bias check as a processing step: processing/bias.py computes the metrics with
+    def smclarify_check(self, check: BiasCheck, dataset, config_uri: str, supplied: str) -> ProcessingStep:
+        """ClarifyCheckStep's bias check as a processing step: processing/bias.py computes the metrics with
         smclarify from the same analysis config, checks them against the same supplied baseline with the same
         flags, and writes the calculated analysis (output report) and the drift-check baseline (output baseline)."""
         bias = self.config.bias
         inputs = {"data": dataset, "config": config_uri, "baseline": supplied}
-        step_args = self.processor("bias", bias.compute).run(
+        step_args = self.processor(check.folder, bias.compute).run(
             code="bias.py",
             source_dir=self.source("processing"),
             inputs=[
                 ProcessingInput(source=source, destination=f"{CONTAINER}/input/{name}", input_name=name)
                 for name, source in inputs.items()
             ],
-            outputs=[self.output("bias-check", "report"), self.output("bias-check", "baseline")],
+            outputs=[self.output(check.folder, "report"), self.output(check.folder, "baseline")],
             arguments=[
                 "--analysis-config",
                 f"{CONTAINER}/input/config/analysis_config.json",
                 "--baseline",
                 f"{CONTAINER}/input/baseline",
                 "--skip-check",
-                Join(on="", values=[self.params.skip_bias_check]),
+                Join(on="", values=[check.skip]),
                 "--register-new-baseline",
-                Join(on="", values=[self.params.register_new_bias_baseline]),
+                Join(on="", values=[check.register_new]),
                 "--output-dir",
                 f"{CONTAINER}/output/report",
                 "--drift-baseline-dir",
                 f"{CONTAINER}/output/baseline",
             ],
         )
-        return ProcessingStep(name="DataBiasCheck", step_args=step_args, cache_config=self.cache)
+        return ProcessingStep(name=check.name, step_args=step_args, cache_config=self.cache)
 
     def estimator(self) -> Estimator:
         config, security = self.config, self.config.security
@@ -434,7 +547,12 @@ class Builder:
             max_run=compute.max_runtime_s,
             output_path=self.uri("models"),
             code_location=self.uri("code"),
-            hyperparameters=config.training.hyperparameters.model_dump(),
+            hyperparameters={
+                **config.training.hyperparameters.model_dump(),
+                "mitigation": config.training.mitigation,
+                "facet": config.bias.facet,
+                "facet_values": ",".join(map(str, config.bias.facet_values)),
+            },
             metric_definitions=METRIC_DEFINITIONS,
             volume_kms_key=_kms(config),
             output_kms_key=_kms(config),
@@ -500,27 +618,29 @@ class Builder:
         return step, report
 
     def register(
-        self, evaluate: ProcessingStep, report: PropertyFile, gate: BiasGate, model_data, lineage: dict
+        self,
+        evaluate: ProcessingStep,
+        report: PropertyFile,
+        gates: tuple[BiasGate, BiasGate],
+        model_data,
+        lineage: dict,
     ) -> ModelStep:
-        """The model package: the model and its serving image, its quality, bias and explainability reports, the
-        bias drift baselines, and as metadata the operating threshold and `lineage` (where the model came from)."""
+        """The model package: the model and its serving image, its quality, bias (data and model) and explainability
+        reports, the bias drift baselines, and as metadata the operating threshold and `lineage` (where the model
+        came from)."""
         config, registry = self.config, self.config.registry
-        model = Model(
-            image_uri=config.aws.image_uri,
-            model_data=model_data,
-            role=config.aws.role_arn,
-            sagemaker_session=self.session,
-        )
+        data, model_bias = gates
         evaluation_uri, explainability_uri = (
             Join(on="/", values=[_output(evaluate, "evaluation"), name])
             for name in ("evaluation.json", "explainability.json")
         )
         metrics = ModelMetrics(
             model_statistics=MetricsSource(s3_uri=evaluation_uri, content_type="application/json"),
-            bias_pre_training=MetricsSource(s3_uri=gate.calculated, content_type="application/json"),
+            bias_pre_training=MetricsSource(s3_uri=data.calculated, content_type="application/json"),
+            bias_post_training=MetricsSource(s3_uri=model_bias.calculated, content_type="application/json"),
             explainability=MetricsSource(s3_uri=explainability_uri, content_type="application/json"),
         )
-        step_args = model.register(
+        step_args = self.model(model_data).register(
             content_types=registry.content_types,
             response_types=registry.response_types,
             inference_instances=registry.inference_instances,
@@ -530,14 +650,15 @@ class Builder:
             model_metrics=metrics,
             drift_check_baselines=DriftCheckBaselines(
                 bias_pre_training_constraints=MetricsSource(
-                    s3_uri=gate.drift_baseline, content_type="application/json"
+                    s3_uri=data.drift_baseline, content_type="application/json"
                 ),
-                bias_config_file=FileSource(s3_uri=gate.config_file, content_type="application/json"),
+                bias_post_training_constraints=MetricsSource(
+                    s3_uri=model_bias.drift_baseline, content_type="application/json"
+                ),
+                bias_config_file=FileSource(s3_uri=data.config_file, content_type="application/json"),
             ),
             customer_metadata_properties={
-                "threshold": Join(
-                    on="", values=[JsonGet(step_name=evaluate.name, property_file=report, json_path=THRESHOLD_PATH)]
-                ),
+                "threshold": _threshold(evaluate, report),
                 "threshold_method": config.evaluation.threshold.method,
                 **lineage,
             },
@@ -570,6 +691,20 @@ class Builder:
         )
 
 
+def _predictor(model_config: ModelConfig) -> dict:
+    """The analysis config's predictor section, as ClarifyCheckStep writes it for a model bias check
+    (sagemaker/workflow/clarify_check_step.py, _generate_processing_job_analysis_config)."""
+    _, predictor = PREDICTED_LABEL.get_predictor_config()
+    predictor.update(model_config.get_predictor_config())
+    predictor.pop("model_name")
+    return predictor
+
+
+def _threshold(evaluate: ProcessingStep, report: PropertyFile) -> Join:
+    """The operating threshold Evaluate chose, as text."""
+    return Join(on="", values=[JsonGet(step_name=evaluate.name, property_file=report, json_path=THRESHOLD_PATH)])
+
+
 def _output(step: ProcessingStep, name: str):
     return step.properties.ProcessingOutputConfig.Outputs[name].S3Output.S3Uri
 
@@ -586,8 +721,8 @@ def _range(spec):
 
 
 def get_pipeline(config: Config, session) -> Pipeline:
-    """The graph: DataVersion, Preprocess, FeatureStoreIngest, DataBiasCheck, Tune, Evaluate,
-    CheckAuc -> CheckNewModel -> Register, or AucBelowThreshold (Fail).
+    """The graph: DataVersion, Preprocess, FeatureStoreIngest, DataBiasCheck, Tune, Evaluate, [ScoringModel
+    (bias.engine clarify),] ModelBiasCheck, CheckAuc -> CheckNewModel -> Register, or AucBelowThreshold (Fail).
 
     Call it, and the pipeline's definition()/upsert(), inside project_root().
     """
@@ -595,22 +730,34 @@ def get_pipeline(config: Config, session) -> Pipeline:
     version_step, version = build.data_version()
     preprocess = build.preprocess(version)
     ingest = build.ingest(preprocess)
-    gate = build.bias_gate(preprocess)
+    data_gate = build.data_bias_gate(preprocess)
     estimator = build.estimator()
-    tune = build.tune(preprocess, estimator, gate.step)
+    tune = build.tune(preprocess, estimator, data_gate.step)
     model_data = tune.get_top_model_s3_uri(top_k=0, s3_bucket=build.bucket, prefix=s3_key(config.aws.prefix, "models"))
     evaluate, report = build.evaluate(preprocess, model_data)
+    scoring = build.scoring_model(model_data, evaluate, report) if config.bias.engine == "clarify" else None
+    model_gate = build.model_bias_gate(preprocess, evaluate, scoring)
     lineage = {
         "data_version": Join(
             on="", values=[JsonGet(step_name=version_step.name, property_file=version, json_path="version")]
         ),
         "training_job": tune.properties.TrainingJobSummaries[0].TrainingJobName,
     }
-    register = build.register(evaluate, report, gate, model_data, lineage)
+    register = build.register(evaluate, report, (data_gate, model_gate), model_data, lineage)
     check = build.check_auc(evaluate, report, [build.check_new_model(evaluate, [register])])
     return Pipeline(
         name=config.project.name,
         parameters=build.params.all(),
-        steps=[version_step, preprocess, ingest, gate.step, tune, evaluate, check],
+        steps=[
+            version_step,
+            preprocess,
+            ingest,
+            data_gate.step,
+            tune,
+            evaluate,
+            *([scoring] if scoring else []),
+            model_gate.step,
+            check,
+        ],
         sagemaker_session=session,
     )

@@ -6,6 +6,7 @@ import re
 import pytest
 import yaml
 
+import bias
 from pipelines import config as cfg
 
 ENV = {"SAGEMAKER_ROLE_ARN": "arn:aws:iam::000000000000:role/test", "SAGEMAKER_BUCKET": "test-bucket"}
@@ -116,6 +117,30 @@ def test_file_errors_name_the_file(tmp_path):
 def test_a_limit_for_a_metric_that_is_not_computed_is_rejected(document):
     with pytest.raises(cfg.ConfigError, match=r"bias: thresholds for metric\(s\) not in metrics: KS"):
         parse_with(document, "bias.metrics", ["CI", "DPL", "KL", "JS", "TVD"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("bias.post_training.metrics", ["DPPL", "DPL"], r"bias\.post_training: unknown bias metric\(s\) DPL"),
+        ("bias.post_training.thresholds", {"RD": 0.2, "TE": 0.5, "GE": 0.1, "XYZ": 1}, r"unknown bias metric\(s\) XYZ"),
+        (
+            "bias.post_training.thresholds",
+            {"DI": 0.8},
+            r"bias\.post_training: the bias gate judges distance from 0, but DI's is 1: gate DPPL instead",
+        ),
+    ],
+)
+def test_model_bias_settings_are_checked(document, key, value, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        parse_with(document, key, value)
+
+
+def test_the_bias_metrics_are_those_bias_py_computes():
+    """The configuration accepts exactly the metric names processing/bias.py (smclarify) knows, per stage."""
+    assert cfg.BIAS_METRICS == set(bias.STAGES["pre_training"].known_metrics)
+    assert cfg.POST_TRAINING_METRICS == set(bias.STAGES["post_training"].known_metrics)
+    assert cfg.PostTrainingBias().metrics == list(bias.STAGES["post_training"].default_metrics)
 
 
 def test_bias_engine_is_clarify_or_smclarify(document):
@@ -392,6 +417,9 @@ def test_numbers_from_the_environment_are_still_numbers(document):
         ("training.hyperparameters.gamma", float("nan"), r"training\.hyperparameters\.gamma: nan"),
         ("training.hyperparameters.max_depth", 2.5, r"training\.hyperparameters\.max_depth: 2\.5"),
         ("training.hyperparameters.objective", "reg:squarederror", r"training\.hyperparameters\.objective: 'reg:"),
+        ("training.mitigation", "foo", r"training\.mitigation: 'foo': Input should be 'none', 'reweigh' or 'resample'"),
+        ("bias.facet", "", r"bias\.facet: '': String should have at least 1 character"),
+        ("bias.facet_values", [], r"bias\.facet_values: \[\]: List should have at least 1 item"),
         ("data.seed", 2**32, r"data\.seed: 4294967296 is above the maximum 4294967295"),
         ("data.seed", -1, r"data\.seed: -1 is below the minimum 0"),
     ],
@@ -450,3 +478,16 @@ def test_hyperparameters_are_those_training_defines():
 def test_only_tunable_hyperparameters_take_ranges(document, name):
     with pytest.raises(cfg.ConfigError, match=rf"tuning: cannot tune {name}; tunable: colsample_bytree, eta, gamma"):
         parse_with(document, f"tuning.ranges.{name}", {"type": "integer", "min": 1, "max": 2})
+
+
+def test_mitigation_is_set_once_in_training_not_among_the_hyperparameters(document):
+    """training.mitigation is train.py's `mitigation` setting; the facet comes from bias.*, so neither is a
+    training.hyperparameters key nor tunable."""
+    assert cfg.load(environ=ENV).training.mitigation == "none"
+    assert cfg.parse(set_path(document, "training.mitigation", "reweigh"), ENV).training.mitigation == "reweigh"
+    assert cfg.MITIGATION.choices == ("none", "reweigh", "resample")
+    for name in ("mitigation", "facet", "facet_values"):
+        with pytest.raises(cfg.ConfigError, match=rf"training\.hyperparameters\.{name}: unknown key"):
+            parse_with(document, f"training.hyperparameters.{name}", "1")
+        with pytest.raises(cfg.ConfigError, match=rf"tuning: cannot tune {name}"):
+            parse_with(document, f"tuning.ranges.{name}", {"type": "integer", "min": 1, "max": 2})

@@ -147,7 +147,8 @@ def test_caching_reuses_what_did_not_change_and_registers_only_new_models(built,
     second = execute(built, tmp_path, "exec2", MinAuc=0.5)
     assert second.status == "Succeeded"
     assert cache_hits(second) == {"Preprocess", "FeatureStoreIngest", "DataBiasCheck", "Tune", "Evaluate"}
-    assert FakeJob.ran == ["DataVersion"]  # never cached: it fingerprints the data
+    assert FakeJob.ran == ["DataVersion", "ModelBiasCheck"]  # never cached: the data's fingerprint; a check of the
+    # model ScoringModel created in this execution
     steps = {s["StepName"]: s for s in second.list_steps()["PipelineExecutionSteps"]}
     assert steps["Tune"]["CacheHitResult"] == {"SourcePipelineExecutionArn": "exec1"}
     assert steps["CheckNewModel"]["Metadata"] == {"Condition": {"Outcome": False}}

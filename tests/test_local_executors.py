@@ -283,6 +283,13 @@ def test_the_cache_key_reads_only_the_documented_attributes():
     assert cache.cache_key(StepTypeEnum.PROCESSING, fed) != key
 
 
+def test_a_model_checks_key_holds_its_model():
+    """A ModelBias check asks the model a CreateModel step named in this execution: another model, another key."""
+    check = {**PROCESSING, "CheckType": "MODEL_BIAS", "ModelName": "ScoringModel-CreateModel-1"}
+    key = cache.cache_key(StepTypeEnum.CLARIFY_CHECK, check)
+    assert cache.cache_key(StepTypeEnum.CLARIFY_CHECK, {**check, "ModelName": "ScoringModel-CreateModel-2"}) != key
+
+
 def test_the_cache_reuses_the_latest_success_within_expire_after(tmp_path):
     store = cache.StepCache(tmp_path / "cache.json")
     store.store("pipe", "Preprocess", "k", "old", NOW - datetime.timedelta(days=40), {"v": 1})

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import bias
 from harness import HOST, _ready, call, free_port
 from pipelines import cli, local
 from pipelines import config as cfg
@@ -78,7 +79,7 @@ def test_first_execution_runs_every_step_type_and_registers_the_best_job(first, 
         name: "Succeeded"
         for name in (
             "DataVersion", "Preprocess", "FeatureStoreIngest", "DataBiasCheck", "Tune", "Evaluate",
-            "CheckAuc", "CheckNewModel", "Register-RegisterModel",
+            "ScoringModel-CreateModel", "ModelBiasCheck", "CheckAuc", "CheckNewModel", "Register-RegisterModel",
         )
     }  # fmt: skip
     assert not cached(first)
@@ -106,8 +107,10 @@ def test_first_execution_runs_every_step_type_and_registers_the_best_job(first, 
     assert metrics["ModelQuality"]["Statistics"]["S3Uri"].endswith("/evaluate/evaluation/evaluation.json")
     assert metrics["Bias"]["PreTrainingReport"]["S3Uri"].endswith("/bias-check/report/analysis.json")
     assert metrics["Explainability"]["Report"]["S3Uri"].endswith("/evaluate/evaluation/explainability.json")
+    assert metrics["Bias"]["PostTrainingReport"]["S3Uri"].endswith("/model-bias-check/report/analysis.json")
     drift = package["DriftCheckBaselines"]["Bias"]
     assert "/bias-check/baseline/" in drift["PreTrainingConstraints"]["S3Uri"]  # the supplied thresholds
+    assert "/model-bias-check/baseline/" in drift["PostTrainingConstraints"]["S3Uri"]
     assert "/bias-check/monitoring/" in drift["ConfigFile"]["S3Uri"]
 
     analysis = json.loads((first.run_dir / "bias" / "analysis.json").read_text())
@@ -127,6 +130,20 @@ def test_first_execution_runs_every_step_type_and_registers_the_best_job(first, 
     top = list(explainability["explanations"]["kernel_shap"]["fraud"]["global_shap_values"])[:5]
     assert any(line.startswith("top reasons (mean |SHAP| on test): " + top[0]) for line in lines)
     assert f"registered {package['ModelPackageArn']} (PendingManualApproval)" in lines
+    table = lines[lines.index("model bias (predicted labels on the test split, at the threshold):") + 1 :]
+    assert table[0].split("|")[1:6] == [" metric ", " description ", " value ", " baseline ", " status "]
+    assert any(re.match(r"  \| DPPL \| .* \| -?[0-9.e-]+ \| 0\.1 \| ok \|", row) for row in table)
+
+
+def test_the_shadow_endpoint_flags_the_claims_evaluate_flagged(engine, first, tmp_path):
+    """The model bias check asks the model's own container, created with Evaluate's threshold (Clarify's shadow
+    endpoint); its predicted labels are evaluate's: the same metrics as bias.py on evaluate's predictions.csv."""
+    served = json.loads((first.run_dir / "model-bias" / "analysis.json").read_text())
+    metrics = ",".join(engine.bias.post_training.metrics)
+    argv = ["--stage", "post_training", "--predicted-label", "fraud_predicted", "--metrics", metrics]
+    argv += ["--dataset", str(first.run_dir / "evaluation" / "predictions.csv"), "--output-dir", str(tmp_path)]
+    assert bias.main(argv) == 0
+    assert json.loads((tmp_path / "analysis.json").read_text()) == served
 
 
 def test_the_definition_that_ran_is_the_published_one_but_for_bucket_and_role(engine, first):
@@ -168,7 +185,8 @@ def test_a_changed_parameter_reruns_what_it_affects(engine, raw, runs, first):
 
 def test_new_data_at_the_same_uri_retrains(engine, runs, first, tmp_path):
     claims, customers = generate(ROWS, 12, tmp_path)
-    fresh = run(engine, (claims, customers), runs, MinAuc="0.5", MaxTuningJobs="1")
+    # one tuning job on these 3,000 policies flags no test claim, whose model bias cannot be computed: not judged
+    fresh = run(engine, (claims, customers), runs, MinAuc="0.5", MaxTuningJobs="1", SkipModelBiasCheck="true")
     assert fresh.status == "Succeeded", fresh.failure
     assert not cached(fresh)
 
@@ -193,6 +211,19 @@ def test_a_metric_beyond_its_limit_fails_the_bias_check_naming_it(engine, raw, t
     assert "Tune" not in statuses(result)
 
 
+def test_a_model_bias_metric_beyond_its_limit_fails_the_run_before_registering(engine, raw, tmp_path):
+    limits = {**engine.bias.post_training.thresholds, "DPPL": 1e-9}
+    post_training = engine.bias.post_training.model_copy(update={"thresholds": limits})
+    config = engine.model_copy(update={"bias": engine.bias.model_copy(update={"post_training": post_training})})
+    result = run(config, raw, tmp_path / "runs", MinAuc="0.5", MaxTuningJobs="1")
+    assert result.status == "Failed"
+    assert result.failed_step == "ModelBiasCheck"
+    assert re.search(
+        r"bias check failed: DPPL \(customer_gender_female=1\) = [0-9.e-]+, baseline 1e-09", result.failure
+    )
+    assert "Register-RegisterModel" not in statuses(result)
+
+
 def test_the_smclarify_engine_runs_the_same_gate_and_registers_the_same_way(engine, raw, tmp_path):
     config = engine.model_copy(update={"bias": engine.bias.model_copy(update={"engine": "smclarify"})})
     result = run(config, raw, tmp_path / "runs", MinAuc="0.5", MaxTuningJobs="1")
@@ -202,6 +233,10 @@ def test_the_smclarify_engine_runs_the_same_gate_and_registers_the_same_way(engi
     drift = package["DriftCheckBaselines"]["Bias"]["PreTrainingConstraints"]["S3Uri"]
     assert drift.endswith("/bias-check/baseline/constraints.json")
     assert (result.run_dir / "bias" / "analysis.json").is_file()
+    assert "ScoringModel-CreateModel" not in statuses(result)
+    post = package["ModelMetrics"]["Bias"]["PostTrainingReport"]["S3Uri"]
+    assert post.endswith("/model-bias-check/report/analysis.json")
+    assert (result.run_dir / "model-bias" / "analysis.json").is_file()
 
 
 def test_registry_commands_approve_and_reject(runs, first):

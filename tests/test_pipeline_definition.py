@@ -77,6 +77,8 @@ def test_every_step_and_its_type(doc):
         "DataBiasCheck": "ClarifyCheck",
         "Tune": "Tuning",
         "Evaluate": "Processing",
+        "ScoringModel-CreateModel": "Model",
+        "ModelBiasCheck": "ClarifyCheck",
         "CheckAuc": "Condition",
         "CheckNewModel": "Condition",
         "Register-RegisterModel": "RegisterModel",
@@ -92,11 +94,14 @@ def test_dependencies_follow_the_data(doc):
     assert references(steps["Tune"]["Arguments"]) == {"Preprocess"}
     assert steps["Tune"]["DependsOn"] == ["DataBiasCheck"]
     assert references(steps["Evaluate"]["Arguments"]) == {"Preprocess", "Tune"}
+    assert references(steps["ScoringModel-CreateModel"]["Arguments"]) == {"Evaluate", "Tune"}
+    assert references(steps["ModelBiasCheck"]) == {"Preprocess", "ScoringModel-CreateModel"}
     assert references(steps["Register-RegisterModel"]["Arguments"]) == {
         "DataVersion",
         "Evaluate",
         "Tune",
         "DataBiasCheck",
+        "ModelBiasCheck",
     }
 
 
@@ -108,6 +113,8 @@ def test_parameters_are_typed_with_config_defaults(doc):
     assert params["ModelApprovalStatus"] == ("String", "PendingManualApproval")
     assert params["SkipBiasCheck"] == ("Boolean", False)
     assert params["RegisterNewBiasBaseline"] == ("Boolean", False)
+    assert params["SkipModelBiasCheck"] == ("Boolean", False)
+    assert params["RegisterNewModelBiasBaseline"] == ("Boolean", False)
     assert params["ClaimsUri"][0] == params["CustomersUri"][0] == "String"
     assert params["ProcessingInstanceType"] == ("String", "ml.m5.xlarge")
     assert params["TrainingInstanceType"] == ("String", "ml.m5.xlarge")
@@ -141,6 +148,25 @@ def test_tuning_objective_ranges_and_budget(doc):
     metrics = {m["Name"]: m["Regex"] for m in definition_["AlgorithmSpecification"]["MetricDefinitions"]}
     assert metrics["validation:auc"] == r"validation:auc=([0-9\.]+)"
     assert set(definition_["StaticHyperParameters"]) >= {"objective", "num_round", "sagemaker_program"}
+
+
+def test_training_gets_the_mitigation_and_the_bias_facet_as_static_hyperparameters():
+    """training.mitigation, bias.facet and bias.facet_values (comma-joined) reach train.py, never as ranges."""
+    config = cfg.load(environ=ENV)
+    config = config.model_copy(
+        update={
+            "training": config.training.model_copy(update={"mitigation": "resample"}),
+            "bias": config.bias.model_copy(update={"facet": "customer_gender_male", "facet_values": [1, 2.5]}),
+        }
+    )
+    document, _ = built(config)
+    job = all_steps(document)["Tune"]["Arguments"]
+    static = job["TrainingJobDefinition"]["StaticHyperParameters"]
+    expected = {"mitigation": '"resample"', "facet": '"customer_gender_male"', "facet_values": '"1,2.5"'}
+    assert {name: static[name] for name in expected} == expected
+    ranges = job["HyperParameterTuningJobConfig"]["ParameterRanges"]
+    tuned = {r["Name"] for kind in ranges.values() for r in kind}
+    assert tuned and not tuned & set(expected)
 
 
 def test_evaluation_property_file_and_auc_condition(doc):
@@ -179,6 +205,12 @@ def test_register_metrics_metadata_and_approval(doc):
     }
     assert args["DriftCheckBaselines"]["Bias"]["PreTrainingConstraints"]["S3Uri"] == {
         "Get": "Steps.DataBiasCheck.BaselineUsedForDriftCheckConstraints"
+    }
+    assert args["ModelMetrics"]["Bias"]["PostTrainingReport"]["S3Uri"] == {
+        "Get": "Steps.ModelBiasCheck.CalculatedBaselineConstraints"
+    }
+    assert args["DriftCheckBaselines"]["Bias"]["PostTrainingConstraints"]["S3Uri"] == {
+        "Get": "Steps.ModelBiasCheck.BaselineUsedForDriftCheckConstraints"
     }
     threshold = args["CustomerMetadataProperties"]["threshold"]["Std:Join"]["Values"][0]["Std:JsonGet"]
     assert threshold["Path"] == "threshold.value"
@@ -258,7 +290,12 @@ def test_the_clarify_analysis_config_is_content_addressed_and_bias_py_reads_it(c
     (tmp_path / "analysis_config.json").write_bytes(objects[inputs["analysis_config"]])
     settings = bias.settings_from_analysis_config(tmp_path / "analysis_config.json")
     assert settings == bias.Settings(
-        "fraud", [1], "customer_gender_female", [1], config["methods"]["pre_training_bias"]["methods"]
+        "fraud",
+        [1],
+        "customer_gender_female",
+        [1],
+        config["methods"]["pre_training_bias"]["methods"],
+        excluded_columns=("policy_id",),
     )
 
 
@@ -322,6 +359,72 @@ def test_the_smclarify_engine_runs_the_same_check_as_a_processing_step(clarify_b
     drift = register["DriftCheckBaselines"]["Bias"]
     assert drift["PreTrainingConstraints"]["S3Uri"]["Std:Join"]["Values"][-1] == "constraints.json"
     assert drift["ConfigFile"] == register_args(clarify)["DriftCheckBaselines"]["Bias"]["ConfigFile"]
+
+
+def test_the_model_gate_asks_the_model_as_its_endpoint_serves_it(clarify_built, tmp_path):
+    """Clarify's ModelBias check: a shadow endpoint of the model created with the operating threshold (its serve
+    flags at FRAUD_THRESHOLD), the headered test split less policy_id sent as text/csv, the flag (column 1 of the
+    "probability,flag" answer) read as the predicted label; checked against bias.post_training's limits."""
+    document, objects = clarify_built
+    config = cfg.load(environ=ENV)
+    steps = all_steps(document)
+    model = steps["ScoringModel-CreateModel"]["Arguments"]["PrimaryContainer"]
+    threshold = model["Environment"]["FRAUD_THRESHOLD"]["Std:Join"]["Values"][0]["Std:JsonGet"]
+    assert threshold == {
+        "Path": "threshold.value",
+        "PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"},
+    }
+    assert model["ModelDataUrl"] == register_args(document)["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    step = steps["ModelBiasCheck"]
+    assert step["CheckType"] == "MODEL_BIAS"
+    assert step["ModelName"] == {"Get": "Steps.ScoringModel-CreateModel.ModelName"}
+    assert step["SkipCheck"] == {"Get": "Parameters.SkipModelBiasCheck"}
+    assert step["RegisterNewBaseline"] == {"Get": "Parameters.RegisterNewModelBiasBaseline"}
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in step["Arguments"]["ProcessingInputs"]}
+    assert inputs["dataset"]["Std:Join"]["Values"] == [
+        {"Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs['headered'].S3Output.S3Uri"},
+        "test.csv",
+    ]
+    analysis = content_hashed(inputs["analysis_config"], objects)
+    assert analysis["methods"]["post_training_bias"]["methods"] == config.bias.post_training.metrics
+    assert analysis["excluded_columns"] == ["policy_id"]
+    predictor = analysis["predictor"]
+    assert (predictor["content_type"], predictor["accept_type"], predictor["label"]) == ("text/csv", "text/csv", 1)
+    baseline = content_hashed(step["SuppliedBaselineConstraints"], objects)
+    [facet] = baseline["post_training_bias_metrics"]["facets"]["customer_gender_female"]
+    assert {m["name"]: m["value"] for m in facet["metrics"]} == config.bias.post_training.thresholds
+    (tmp_path / "analysis_config.json").write_bytes(objects[inputs["analysis_config"]])
+    settings = bias.settings_from_analysis_config(tmp_path / "analysis_config.json")
+    assert (settings.stage, settings.predictor["label"], settings.excluded_columns) == (
+        "post_training",
+        1,
+        ("policy_id",),
+    )
+
+
+def test_with_smclarify_the_model_gate_reads_evaluates_predictions(smclarify_built, tmp_path):
+    document, objects = smclarify_built
+    steps = all_steps(document)
+    assert "ScoringModel-CreateModel" not in steps
+    step = steps["ModelBiasCheck"]
+    assert step["Type"] == "Processing"
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in step["Arguments"]["ProcessingInputs"]}
+    assert inputs["data"]["Std:Join"]["Values"] == [
+        {"Get": "Steps.Evaluate.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri"},
+        "predictions.csv",
+    ]
+    (tmp_path / "analysis_config.json").write_bytes(objects[inputs["config"]])
+    settings = bias.settings_from_analysis_config(tmp_path / "analysis_config.json")
+    assert (settings.stage, settings.predicted_label, settings.predictor) == ("post_training", "fraud_predicted", None)
+    arguments = step["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert arguments[arguments.index("--skip-check") + 1]["Std:Join"]["Values"] == [
+        {"Get": "Parameters.SkipModelBiasCheck"}
+    ]
+    report = register_args(document)["ModelMetrics"]["Bias"]["PostTrainingReport"]["S3Uri"]["Std:Join"]["Values"]
+    assert report == [
+        {"Get": "Steps.ModelBiasCheck.ProcessingOutputConfig.Outputs['report'].S3Output.S3Uri"},
+        "analysis.json",
+    ]
 
 
 def test_no_security_settings_when_none_are_configured(doc):

@@ -380,4 +380,4 @@ def test_cli_definition_writes_the_file_and_says_it_was_built_offline(capsys, tm
     assert err.startswith("note: built offline: the S3 objects this definition names")
     assert "--upload" in err
     types = {s["Type"] for s in json.loads(out.read_text())["Steps"]}
-    assert types == {"Processing", "ClarifyCheck", "Tuning", "Condition"}
+    assert types == {"Processing", "ClarifyCheck", "Tuning", "Model", "Condition"}

@@ -8,6 +8,9 @@ https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-default-keys.html:
 - failed runs are never reused; a step without caching always runs (and RegisterModel has none);
 - a cache hit's properties are the earlier run's, so the steps after it read the earlier run's outputs.
 
+A model check's key holds its model (ModelName, part of its ClarifyCheckConfig): a CreateModel step names a new
+model in every execution, so such a check runs every time, in the service too.
+
 Differences from the service, said in the step log where they matter: the ClarifyCheck key leaves out the
 check job's output location (its "ClarifyCheckConfig" and "CheckJobConfig" name it; an execution-specific
 output path would make the step never hit); years and months in ExpireAfter count as 365 and 30 days.
@@ -51,6 +54,7 @@ KEY_ATTRIBUTES = {
         "RegisterNewBaseline",
         "ModelPackageGroupName",
         "SuppliedBaselineConstraints",
+        "ModelName",
     ),
 }
 """The documented default cache key attributes of each cacheable step type (ClarifyCheck: see above)."""

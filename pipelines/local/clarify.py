@@ -12,8 +12,10 @@ https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ClarifyCheckStepMe
   constraint_violations.json (property ViolationReport) and, with FailOnViolation, fails the step.
 
 The metrics are computed by processing/bias.py with smclarify (the open-source library behind Clarify) in the
-project image, reading the analysis_config.json the SDK generated; the step log says so. Data bias only:
-model bias and explainability checks are refused until the pipeline has them.
+project image, reading the analysis_config.json the SDK generated; the step log says so. DATA_BIAS and
+MODEL_BIAS checks: for a model bias check, the predictions come from the shadow endpoint Clarify would create
+from ModelName (shadow_endpoint.py: the model's own container, serving); its previous baseline is a package's
+post-training constraints. Explainability checks are refused (the Evaluate step writes explainability).
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from dataclasses import dataclass
 from sagemaker.local.pipeline import _StepExecutor
 
 from pipelines.local.logs import say, script_error
+from pipelines.local.shadow_endpoint import EndpointError, shadow_endpoint
 
 CONTAINER = "/opt/ml/processing"
 VIOLATIONS_FILE = "constraint_violations.json"
+CONSTRAINTS = {"DATA_BIAS": "PreTrainingConstraints", "MODEL_BIAS": "PostTrainingConstraints"}
+"""Where a model package keeps each check type's drift-check baseline (DriftCheckBaselines.Bias)."""
 
 
 class CheckRuleError(RuntimeError):
@@ -70,21 +75,21 @@ def processing_input(name: str, uri: str, path: str) -> dict:
 
 
 class ClarifyCheckStepExecutor(_StepExecutor):
-    """Runs a ClarifyCheckStep of type DATA_BIAS as processing/bias.py in a local processing job."""
+    """Runs a ClarifyCheckStep of type DATA_BIAS or MODEL_BIAS as processing/bias.py in a local processing job."""
 
     def execute(self) -> dict:
         runner, step, name = self.pipline_executor, self.step, self.step.name
         definition = runner._parse_arguments({k: v for k, v in step.to_request().items() if k != "Arguments"}, name)
         check_type = definition["CheckType"]
-        if check_type != "DATA_BIAS":
-            runner.execution.update_step_failure(name, f"local runs check DATA_BIAS only, not {check_type}")
+        if check_type not in CONSTRAINTS:
+            runner.execution.update_step_failure(name, f"local runs check DATA_BIAS and MODEL_BIAS, not {check_type}")
         skip, register_new, fail_on_violation = (
             _boolean(definition.get(flag, default))
             for flag, default in (("SkipCheck", False), ("RegisterNewBaseline", False), ("FailOnViolation", True))
         )
         group = definition.get("ModelPackageGroupName")
         approved = runner.context.registry.latest_approved(group) if group else None
-        approved_baseline = _drift_bias_constraints(approved)
+        approved_baseline = _drift_bias_constraints(approved, CONSTRAINTS[check_type])
         try:
             chosen = baselines(skip, register_new, definition.get("SuppliedBaselineConstraints"), approved_baseline)
         except CheckRuleError as error:
@@ -94,7 +99,18 @@ class ClarifyCheckStepExecutor(_StepExecutor):
         report_uri = output["S3Output"]["S3Uri"].rstrip("/")
         say(name, "local: Clarify's container is stood in for by processing/bias.py (smclarify) in the project image")
         job_name = f"{name.lower()}-{runner.execution.pipeline_execution_name}"
-        self._run(job_name, request, chosen, skip, fail_on_violation)
+        if check_type == "MODEL_BIAS":
+            model = runner.local_sagemaker_client.describe_model(definition["ModelName"])
+            say(name, "local: Clarify's shadow endpoint is the model's own container (%s), serving", model["ModelName"])
+            try:
+                with shadow_endpoint(
+                    model, f"{job_name}-shadow", runner.context.s3_client, lambda m: say(name, m)
+                ) as url:
+                    self._run(job_name, request, chosen, skip, fail_on_violation, ["--endpoint", url])
+            except EndpointError as error:
+                runner.execution.update_step_failure(name, str(error))
+        else:
+            self._run(job_name, request, chosen, skip, fail_on_violation)
         properties = {
             "CheckType": check_type,
             "CheckJobArn": job_name,
@@ -110,9 +126,9 @@ class ClarifyCheckStepExecutor(_StepExecutor):
             properties["ViolationReport"] = f"{report_uri}/{VIOLATIONS_FILE}"
         return properties
 
-    def _run(self, job_name, request, chosen: Baselines, skip, fail_on_violation) -> None:
+    def _run(self, job_name, request, chosen: Baselines, skip, fail_on_violation, extra=()) -> None:
         runner, name = self.pipline_executor, self.step.name
-        arguments = ["--analysis-config", f"{CONTAINER}/input/config/analysis_config.json"]
+        arguments = ["--analysis-config", f"{CONTAINER}/input/config/analysis_config.json", *extra]
         arguments += ["--dataset", f"{CONTAINER}/input/data", "--output-dir", f"{CONTAINER}/output"]
         arguments += ["--skip-check", str(skip).lower(), "--fail-on-violation", str(fail_on_violation).lower()]
         inputs = [
@@ -143,8 +159,8 @@ def _boolean(value) -> bool:
     return value if isinstance(value, bool) else str(value).lower() == "true"
 
 
-def _drift_bias_constraints(package: dict | None) -> str | None:
-    """The pre-training bias constraints a model package keeps for drift checks."""
+def _drift_bias_constraints(package: dict | None, kind: str) -> str | None:
+    """The bias constraints of a kind (pre- or post-training) a model package keeps for drift checks."""
     if not package:
         return None
-    return package.get("DriftCheckBaselines", {}).get("Bias", {}).get("PreTrainingConstraints", {}).get("S3Uri")
+    return package.get("DriftCheckBaselines", {}).get("Bias", {}).get(kind, {}).get("S3Uri")

@@ -43,6 +43,8 @@ LOCAL_BUCKET = "fraud-detection-local"
 FAIL_STEP = "AucBelowThreshold"
 STATE_FOLDER = "local-aws"
 REASONS_SHOWN = 5
+BIAS_REPORTS = {"DataBiasCheck": "bias", "ModelBiasCheck": "model-bias"}
+"""Each bias check's report folder in a run's outputs."""
 """Global reasons (columns by mean |SHAP| on the test rows) a run's summary lists."""
 
 
@@ -157,12 +159,13 @@ def _output(properties: dict, name: str) -> str | None:
 
 
 def collect(properties: dict[str, dict], state: LocalState, run_dir: Path) -> None:
-    """The run's model, evaluation, bias report, manifest, tuning summary and model package, into run_dir,
+    """The run's model, evaluation, bias reports, manifest, tuning summary and model package, into run_dir,
     from wherever the steps' properties say they are (an earlier execution's outputs, for a cached step)."""
     _copy_saved(state, _output(properties.get("Evaluate", {}), "evaluation"), run_dir / "evaluation")
-    bias = properties.get("DataBiasCheck", {})
-    report = bias.get("CalculatedBaselineConstraints", "").removesuffix("/analysis.json") or _output(bias, "report")
-    _copy_saved(state, report, run_dir / "bias")
+    for step, folder in BIAS_REPORTS.items():
+        bias = properties.get(step, {})
+        report = bias.get("CalculatedBaselineConstraints", "").removesuffix("/analysis.json") or _output(bias, "report")
+        _copy_saved(state, report, run_dir / folder)
     _copy_saved(state, _output(properties.get("Preprocess", {}), "manifest"), run_dir)
     _copy_saved(state, _output(properties.get("DataVersion", {}), "version"), run_dir / "data-version")
     if "Tune" in properties:
@@ -285,7 +288,7 @@ def summary(result: RunResult) -> list[str]:
         [label] = json.loads(explainability.read_text())["explanations"]["kernel_shap"].values()
         top = list(label["global_shap_values"].items())[:REASONS_SHOWN]
         lines.append("top reasons (mean |SHAP| on test): " + ", ".join(f"{c} {v:.4f}" for c, v in top))
-    analysis = result.run_dir / "bias" / "analysis.json"
+    analysis = result.run_dir / BIAS_REPORTS["DataBiasCheck"] / "analysis.json"
     if analysis.exists():
         facets = json.loads(analysis.read_text())["pre_training_bias_metrics"]["facets"]
         for facet, groups in facets.items():
@@ -293,7 +296,11 @@ def summary(result: RunResult) -> list[str]:
                 values = ", ".join(
                     f"{m['name']} {m['value']:.4f}" for m in group["metrics"] if m.get("value") is not None
                 )
-                lines.append(f"bias ({facet}={group['value_or_threshold']}): {values}")
+                lines.append(f"data bias ({facet}={group['value_or_threshold']}): {values}")
+    model_bias = result.run_dir / BIAS_REPORTS["ModelBiasCheck"] / "report.md"
+    if model_bias.exists():
+        lines.append("model bias (predicted labels on the test split, at the threshold):")
+        lines += [f"  {row}" for row in model_bias.read_text().splitlines() if row.startswith("| ")]
     package = result.run_dir / "model-package.json"
     if package.exists():
         registered = json.loads(package.read_text())
