@@ -457,6 +457,7 @@ class Builder:
             instance_count=1,
             content_type="text/csv",
             accept_type="text/csv",
+            endpoint_name_prefix=f"{self.config.project.name}-clarify",  # what the execution role may create
         )
 
     def scoring_model(self, model_data, evaluate: ProcessingStep, report: PropertyFile) -> ModelStep:

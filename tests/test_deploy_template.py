@@ -244,6 +244,11 @@ def test_pipeline_role_is_scoped_to_the_project(template: dict[str, Any]) -> Non
         "training-job/*",
         "hyper-parameter-tuning-job/*",
     }
+    assert sid["ScoringModel"]["Resource"] == sagemaker_arn("model/*")  # the Pipelines service names it
+    assert sid["ClarifyShadowEndpoint"]["Resource"] == [  # the prefix the pipeline gives Clarify (ModelConfig)
+        sagemaker_arn("endpoint/${PipelineName}-clarify*"),
+        sagemaker_arn("endpoint-config/${PipelineName}-clarify*"),
+    ]
 
 
 def test_pipeline_role_gets_kms_and_network_interfaces_only_when_configured(template: dict[str, Any]) -> None:

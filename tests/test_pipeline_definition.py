@@ -390,6 +390,7 @@ def test_the_model_gate_asks_the_model_as_its_endpoint_serves_it(clarify_built, 
     assert analysis["excluded_columns"] == ["policy_id"]
     predictor = analysis["predictor"]
     assert (predictor["content_type"], predictor["accept_type"], predictor["label"]) == ("text/csv", "text/csv", 1)
+    assert predictor["endpoint_name_prefix"] == "fraud-detection-clarify"  # deploy_lambda/template.yaml lets it
     baseline = content_hashed(step["SuppliedBaselineConstraints"], objects)
     [facet] = baseline["post_training_bias_metrics"]["facets"]["customer_gender_female"]
     assert {m["name"]: m["value"] for m in facet["metrics"]} == config.bias.post_training.thresholds
