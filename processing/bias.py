@@ -97,7 +97,6 @@ ENDPOINT_WAIT_S = 120
 class Stage:
     """Pre-training (the data) or post-training (the model's predictions): what is computed and where it goes."""
 
-    name: str
     section: str
     """the analysis.json section (and the analysis config's method)"""
     default_metrics: tuple[str, ...]
@@ -108,14 +107,12 @@ class Stage:
 
 STAGES = {
     "pre_training": Stage(
-        "pre_training",
         "pre_training_bias_metrics",
         ("CI", "DPL", "KL", "JS", "LP", "TVD", "KS"),
         tuple(sorted(f.__name__ for f in smclarify.bias.metrics.PRETRAINING_METRICS)),
         ("train.csv",),  # preprocess's headered train split
     ),
     "post_training": Stage(
-        "post_training",
         "post_training_bias_metrics",
         ("AD", "DAR", "DCA", "DCR", "DI", "DPPL", "DRR", "FT", "GE", "RD", "SD", "TE"),
         tuple(sorted(f.__name__ for f in smclarify.bias.metrics.POSTTRAINING_METRICS)),
@@ -339,18 +336,24 @@ def endpoint_labels(features: pd.DataFrame, predictor: dict, endpoint: str | Non
     wait_until_ready(endpoint)
     labels = []
     for start in range(0, len(features), BATCH_ROWS):
-        body = features.iloc[start : start + BATCH_ROWS].to_csv(header=False, index=False).encode()
-        request = urllib.request.Request(endpoint, body, {"Content-Type": types[0], "Accept": types[1]})
+        batch = features.iloc[start : start + BATCH_ROWS]
+        where = f"{endpoint}: rows {start + 1}-{start + len(batch)}"
+        request = urllib.request.Request(
+            endpoint, batch.to_csv(header=False, index=False).encode(), {"Content-Type": types[0], "Accept": types[1]}
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
-                answer = response.read().decode()
-        except (urllib.error.URLError, OSError) as error:
-            raise InputError(f"{endpoint}: rows {start + 1}-{start + BATCH_ROWS}: no answer ({error})") from None
-        lines = np.loadtxt(io.StringIO(answer), delimiter=",", ndmin=2)
-        if lines.shape[0] != min(BATCH_ROWS, len(features) - start) or lines.shape[1] <= label:
-            raise InputError(f"{endpoint}: answered {lines.shape} to {min(BATCH_ROWS, len(features) - start)} rows")
+                lines = np.loadtxt(io.StringIO(response.read().decode()), delimiter=",", ndmin=2)
+        except (urllib.error.URLError, OSError, ValueError) as error:  # no answer, an error status, not numbers
+            raise InputError(f"{where}: {_first_line(error)}") from None
+        if lines.shape[0] != len(batch) or lines.shape[1] <= label:
+            raise InputError(f"{where}: {lines.shape[0]} answer line(s) of {lines.shape[1]} column(s), not one per row")
         labels.append(lines[:, label])
     return np.concatenate(labels).astype(np.int64)
+
+
+def _first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def wait_until_ready(endpoint: str) -> None:

@@ -406,6 +406,7 @@ def endpoint():
     request bodies."""
     bodies: list[str] = []
     flagged = {(row.customer_gender_female, row.amount) for row in HAND.itertuples() if row.fraud_predicted}
+    broken: dict = {}  # a test's answer instead: status and body
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -417,7 +418,8 @@ def endpoint():
             bodies.append(body)
             rows = [line.split(",") for line in body.splitlines()]
             answer = "".join(f"0.5,{int((int(r[0]), float(r[1])) in flagged)}\n" for r in rows)
-            self.send_response(200)
+            answer = broken.get("body", answer)
+            self.send_response(broken.get("status", 200))
             self.send_header("Content-Type", "text/csv")
             self.end_headers()
             self.wfile.write(answer.encode())
@@ -427,14 +429,14 @@ def endpoint():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/invocations", bodies
+    yield f"http://127.0.0.1:{server.server_port}/invocations", bodies, broken
     server.shutdown()
 
 
 def test_predicted_labels_from_the_models_endpoint_as_clarify_asks_it(tmp_path, endpoint, monkeypatch):
     """With a predictor (the model's shadow endpoint, in Clarify), the rows less the label and the excluded columns
     go to the endpoint as headerless text/csv, in batches; the label is the answer's column predictor.label."""
-    url, bodies = endpoint
+    url, bodies, _ = endpoint
     monkeypatch.setattr(bias, "BATCH_ROWS", 8)
     HAND.drop(columns="fraud_predicted")[["policy_id", "fraud", "customer_gender_female", "amount"]].to_csv(
         tmp_path / "test.csv", index=False
@@ -494,3 +496,24 @@ def test_a_model_that_flags_nothing_has_no_post_training_metrics(tmp_path, capsy
         "DPPL (customer_gender_female=1) could not be computed: no predicted label is positive "
         "(the model flags no row at its threshold)" in capsys.readouterr().err
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (400, '{"error": "bad"}', "rows 1-20: HTTPError: HTTP Error 400"),
+        (200, "oops\n", "rows 1-20: ValueError: could not convert string"),
+        (200, "0.5,1\n", "rows 1-20: 1 answer line(s) of 2 column(s), not one per row"),
+        (200, "0.5\n" * 20, "rows 1-20: 20 answer line(s) of 1 column(s), not one per row"),
+    ],
+)
+def test_an_endpoint_that_answers_wrongly_is_a_one_line_error(tmp_path, endpoint, capsys, status, body, message):
+    url, _, broken = endpoint
+    broken.update(status=status, body=body)
+    HAND.drop(columns="fraud_predicted").to_csv(tmp_path / "test.csv", index=False)
+    predictor = {"content_type": "text/csv", "accept_type": "text/csv", "label": 1}
+    config = model_bias_config(tmp_path / "analysis_config.json", predictor=predictor)
+    assert run(tmp_path, tmp_path / "out", "--analysis-config", str(config), "--endpoint", url) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"bias: error: {url}: ") and message in line
+    assert not (tmp_path / "out").exists()
