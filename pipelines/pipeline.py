@@ -77,21 +77,14 @@ class BiasCheck(NamedTuple):
     register_new: ParameterBoolean
 
 
-class BiasChecks(NamedTuple):
-    data: BiasCheck
-    model: BiasCheck
-
-
 class BiasGate(NamedTuple):
     """The bias check step of either engine, and the S3 URIs the registry records from it."""
 
     step: Step
     calculated: object
-    """the calculated analysis.json (the package's bias_pre_training report)"""
+    """the calculated analysis.json (the package's bias_pre_training or bias_post_training report)"""
     drift_baseline: object
     """the constraints used for drift checks (BaselineUsedForDriftCheckConstraints)"""
-    config_file: str
-    """Model Monitor's bias analysis config (DriftCheckBaselines' bias config file)"""
 
 
 def _digest(text: str) -> str:
@@ -214,27 +207,6 @@ class Builder:
         self.staged: dict[str, str] = {}
         self.cache = CacheConfig(enable_caching=config.cache.enabled, expire_after=config.cache.expire_after)
         self.bucket = config.aws.bucket or session.default_bucket()
-        bias, params = config.bias, self.params
-        self.checks = BiasChecks(
-            data=BiasCheck(
-                "DataBiasCheck",
-                "bias-check",
-                "pre_training",
-                bias.metrics,
-                bias.thresholds,
-                params.skip_bias_check,
-                params.register_new_bias_baseline,
-            ),
-            model=BiasCheck(
-                "ModelBiasCheck",
-                "model-bias-check",
-                "post_training",
-                bias.post_training.metrics,
-                bias.post_training.thresholds,
-                params.skip_model_bias_check,
-                params.register_new_model_bias_baseline,
-            ),
-        )
 
     def uri(self, *parts: str) -> str:
         """s3://bucket/<aws.prefix>/<parts>: every S3 location the pipeline names, from non-empty parts."""
@@ -370,12 +342,7 @@ class Builder:
         means the same in the cloud and locally. The model's gate (post-training) asks `model`'s endpoint for
         its predictions (Clarify's shadow endpoint), or, with smclarify, reads them from data_config's
         predicted_label column."""
-        bias = self.config.bias
-        bias_config = BiasConfig(
-            label_values_or_threshold=[bias.positive_label],
-            facet_name=bias.facet,
-            facet_values_or_threshold=bias.facet_values,
-        )
+        bias, bias_config = self.config.bias, self.bias_config()
         model_config = self.shadow_endpoint(model) if model else None
         analysis_config = {
             **data_config.get_config(),
@@ -388,9 +355,7 @@ class Builder:
             bias.label, [bias.positive_label], bias.facet, list(bias.facet_values), check.metrics, check.stage
         )
         baseline = script.baseline_from_thresholds(dict(check.thresholds), settings)
-        monitoring_config = BiasAnalysisConfig(bias_config, headers=None, label=bias.label)._to_dict()
         supplied = self.upload(baseline, check.folder, "baseline", "constraints.json")
-        config_file = self.upload(monitoring_config, check.folder, "monitoring", "analysis_config.json")
         if bias.engine == "clarify":
             data_config.s3_analysis_config_output_path = self.uri(
                 check.folder, "config", _digest(json.dumps(analysis_config))
@@ -410,11 +375,29 @@ class Builder:
             step = self.smclarify_check(check, data_config.s3_data_input_path, config_uri, supplied)
             calculated = Join(on="/", values=[_output(step, "report"), "analysis.json"])
             drift = Join(on="/", values=[_output(step, "baseline"), "constraints.json"])
-        return BiasGate(step, calculated, drift, config_file)
+        return BiasGate(step, calculated, drift)
+
+    def bias_config(self) -> BiasConfig:
+        """The facet and label of both bias gates (bias.*)."""
+        bias = self.config.bias
+        return BiasConfig(
+            label_values_or_threshold=[bias.positive_label],
+            facet_name=bias.facet,
+            facet_values_or_threshold=bias.facet_values,
+        )
 
     def data_bias_gate(self, preprocess: ProcessingStep) -> BiasGate:
         """The pre-training gate, before tuning: the data bias of the headered train split."""
-        bias, check = self.config.bias, self.checks.data
+        bias, params = self.config.bias, self.params
+        check = BiasCheck(
+            "DataBiasCheck",
+            "bias-check",
+            "pre_training",
+            bias.metrics,
+            bias.thresholds,
+            params.skip_bias_check,
+            params.register_new_bias_baseline,
+        )
         data_config = DataConfig(
             s3_data_input_path=Join(on="/", values=[_output(preprocess, "headered"), "train.csv"]),
             s3_output_path=self.output_uri(check.folder, "report"),
@@ -429,7 +412,16 @@ class Builder:
     ) -> BiasGate:
         """The post-training gate, after evaluation: the model bias of its predicted labels on the test split at
         the operating threshold; from the model's endpoint (clarify, `model`), or evaluate's predictions.csv."""
-        bias, check = self.config.bias, self.checks.model
+        bias, params = self.config.bias, self.params
+        check = BiasCheck(
+            "ModelBiasCheck",
+            "model-bias-check",
+            "post_training",
+            bias.post_training.metrics,
+            bias.post_training.thresholds,
+            params.skip_model_bias_check,
+            params.register_new_model_bias_baseline,
+        )
         where = {
             "s3_output_path": self.output_uri(check.folder, "report"),
             "label": bias.label,
@@ -631,6 +623,8 @@ class Builder:
         came from)."""
         config, registry = self.config, self.config.registry
         data, model_bias = gates
+        monitoring = BiasAnalysisConfig(self.bias_config(), headers=None, label=config.bias.label)._to_dict()
+        config_file = self.upload(monitoring, "bias-check", "monitoring", "analysis_config.json")
         evaluation_uri, explainability_uri = (
             Join(on="/", values=[_output(evaluate, "evaluation"), name])
             for name in ("evaluation.json", "explainability.json")
@@ -656,7 +650,7 @@ class Builder:
                 bias_post_training_constraints=MetricsSource(
                     s3_uri=model_bias.drift_baseline, content_type="application/json"
                 ),
-                bias_config_file=FileSource(s3_uri=data.config_file, content_type="application/json"),
+                bias_config_file=FileSource(s3_uri=config_file, content_type="application/json"),
             ),
             customer_metadata_properties={
                 "threshold": _threshold(evaluate, report),
